@@ -1,0 +1,124 @@
+"""Checkpoints with orbax: asynchronous saves, keep the last K, resume from the newest good one.
+
+Resume order (as big_vision): (1) the workdir's own latest checkpoint, (2) `config.init_from` weights
+(a converted `.msgpack` or another run's workdir/checkpoint), (3) from scratch. A checkpoint that fails
+to restore (torn or corrupted files) is reported and skipped in favour of the previous one.
+Every process takes part in every save and restore (multi-host orbax needs all of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def abstract_like(tree, shardings):
+    """`ShapeDtypeStruct`s carrying the target shardings: what orbax restores onto (any device count)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with the resume policy above."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # a save torn by a kill leaves a tmp dir; never read it
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        return self.manager.save(int(step), args=args, force=force)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def restore_latest(self, abstract_state):
+        """Returns `(step, state, meta)` from the newest checkpoint that restores, or None."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+                )
+            except Exception as e:  # orbax raises many types for torn/garbled files
+                log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
+                            step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                continue
+            return step, restored["state"], dict(restored["meta"])
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_init_variables(path: str) -> dict:
+    """Reads `params`/`batch_stats` from a converted weight file or another run's checkpoint.
+
+    Accepts a `.msgpack` written by `python -m inception_jax.convert`, a workdir, or its
+    `checkpoints/` directory (the newest step is used). Returns numpy trees.
+    """
+    from inception_jax.convert.files import load_variables
+
+    if os.path.isfile(path):
+        _, variables = load_variables(path)
+        return {k: variables.get(k, {}) for k in ("params", "batch_stats")}
+    directory = path
+    if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
+        directory = os.path.join(path, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"config.init_from={path!r} is neither a weight file nor a run directory; pass a .msgpack "
+            "from `python -m inception_jax.convert` or a previous run's workdir")
+    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"config.init_from={path!r} holds no checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    state = restored["state"]
+    return {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "batch_stats")}
+
+
+def merge_init_variables(target: dict, loaded: dict, *, reinit_keys=("fc", "last_linear", "classif")) -> tuple[dict, list[str]]:
+    """Copies `loaded` leaves into `target` where shapes agree.
+
+    Leaves that differ in shape are kept freshly initialised, but only for the classifier and aux-head
+    classifiers (a new class count); any other difference is an error. Returns (merged, reinitialised).
+    """
+    flat_t = traverse_util.flatten_dict(target)
+    flat_l = traverse_util.flatten_dict(loaded)
+    missing = sorted("/".join(k) for k in flat_t if k not in flat_l)
+    if missing:
+        raise ValueError(f"config.init_from lacks {len(missing)} variables of this model, e.g. {missing[:5]}; "
+                         "was it made for another variant or other model options?")
+    merged, reinit, bad = {}, [], []
+    for k, v in flat_t.items():
+        src = flat_l[k]
+        if tuple(src.shape) == tuple(v.shape):
+            merged[k] = np.asarray(src, dtype=v.dtype)
+        elif any(part in reinit_keys or part.startswith(("aux", "Aux")) for part in k[:-1]):
+            merged[k] = v
+            reinit.append("/".join(k))
+        else:
+            bad.append(f"{'/'.join(k)}: file {tuple(src.shape)} vs model {tuple(v.shape)}")
+    if bad:
+        raise ValueError("config.init_from does not fit this model: " + "; ".join(bad[:5]))
+    return traverse_util.unflatten_dict(merged), reinit

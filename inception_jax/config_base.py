@@ -1,0 +1,78 @@
+"""Every training config field with its default: the schema `configs/*.py` start from.
+
+Config files call `base_config()` and change what their recipe needs. The trainer fills fields a
+(notebook-made) config leaves out from here and rejects fields that are not here, with a suggestion.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "inception_v3"  # registry name; any other c.model.* field is a model option
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "imagenet2012"  # a TFDS name; "digits" is the built-in dataset
+    c.dataset.data_dir = None  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.dataset.shuffle_buffer = 10_000
+    c.dataset.cache = False  # keep decoded examples in memory (small datasets only)
+
+    c.input = ml_collections.ConfigDict()
+    c.input.image_size = None  # None: the variant's default input size
+    c.input.crop_pct = None  # None: the variant's default eval crop fraction
+    c.input.mean = None  # None: the variant's default normalisation
+    c.input.std = None
+    c.input.interpolation = None
+    c.input.train_augment = "inception_crop"  # | "resize_flip" | "none"
+    c.input.color_distortion = False
+
+    c.batch_size = 256  # global, over all devices of all processes
+    c.eval_batch_size = 256
+    c.total_steps = 0  # set exactly one of total_steps / num_epochs
+    c.num_epochs = 0.0
+    c.seed = 0
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "rmsprop"
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = False
+    c.optimizer.rms_decay = 0.9
+    c.optimizer.eps = 1.0
+    c.optimizer.rms_initial_scale = 1.0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.weight_decay = 4e-5
+    c.optimizer.weight_decay_mode = "l2"
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "exponential"
+    c.schedule.base_learning_rate = 0.045
+    c.schedule.decay_rate = 0.94
+    c.schedule.decay_epochs = 2.0
+    c.schedule.staircase = True
+    c.schedule.warmup_epochs = 0.0
+    c.schedule.end_learning_rate = 0.0
+
+    c.grad_clip_norm = None
+    c.ema_decay = None
+    c.label_smoothing = 0.0
+    c.aux_loss_weights = ()
+
+    c.bn_statistics = "global"  # "global": over the global batch; "per_device": per device (the papers)
+    c.on_nonfinite = "stop"  # "stop": raise naming the step; "skip": skip the update and count it
+
+    c.log_every_steps = 100
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1000
+    c.checkpoint_max_to_keep = 3
+    c.progress_bar = True
+
+    c.init_from = None  # a converted .msgpack or another run's workdir: fine-tune from its weights
+    c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit
+    return c

@@ -1,0 +1,46 @@
+"""Command line: `python -m inception_jax.main --config=configs/<file>.py[:arg] --workdir=DIR [--config.x=y]`.
+
+Flags only; the work is in `train.train_and_evaluate`, which a notebook can call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (optionally :arg).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from inception_jax import train, validation
+
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except validation.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except train.NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,213 @@
+"""Building blocks shared by every Inception family.
+
+Conventions every model file follows (so one generic converter can load timm/torchvision weights):
+
+* A conv-BN-ReLU unit is a `ConvBN` module with children named `conv` and `bn`, exactly like the
+  PyTorch `BasicConv2d` / `ConvNormAct` path `Mixed_5b.branch1x1.conv.weight`.
+* Padding is written as the PyTorch reference writes it (an int or (h, w) pair of symmetric pads).
+  `padding_mode="tf"` turns every padded op into TF 'SAME' (asymmetric for even inputs with stride 2),
+  which is what TF-slim and Keras checkpoints expect (REFERENCE.md 3.2).
+* Average pools take `count_include_pad` explicitly: timm/torchvision Inception-v3 include the padding,
+  timm v4 / IR-v2 and every TF model exclude it (REFERENCE.md 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+PaddingMode = Literal["torch", "tf"]
+IntPair = int | tuple[int, int]
+
+# slim's variance_scaling_initializer (He-style, truncated) for convs; timm's trunc-normal std 0.1
+# gives exploding activations at init (REFERENCE.md 7), so we do not copy it.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+
+def pair(v: IntPair) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def resolve_padding(padding: IntPair | str, mode: PaddingMode):
+    """Maps a PyTorch-style symmetric padding to what `lax` takes, under the given convention."""
+    if isinstance(padding, str):
+        return padding.upper()
+    ph, pw = pair(padding)
+    if mode == "tf":
+        return "SAME" if (ph or pw) else "VALID"
+    return ((ph, ph), (pw, pw))
+
+
+class ConvBN(nn.Module):
+    """Conv (no bias) -> BatchNorm -> ReLU, the unit every Inception is built from.
+
+    `use_bn=False` gives a biased conv (GoogLeNet 2014, IR-v2's residual "up" conv); `act=False` drops
+    the ReLU. BatchNorm momentum uses Flax's convention (decay of the old value): PyTorch's 0.1 is 0.9.
+    """
+
+    features: int
+    kernel_size: IntPair
+    strides: IntPair = 1
+    padding: IntPair | str = 0
+    padding_mode: PaddingMode = "torch"
+    feature_group_count: int = 1
+    use_bn: bool = True
+    act: bool = True
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-3
+    bn_use_scale: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(
+            self.features,
+            pair(self.kernel_size),
+            strides=pair(self.strides),
+            padding=resolve_padding(self.padding, self.padding_mode),
+            feature_group_count=self.feature_group_count,
+            use_bias=not self.use_bn,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="conv",
+        )(x)
+        if self.use_bn:
+            x = nn.BatchNorm(
+                use_running_average=not train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                use_scale=self.bn_use_scale,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="bn",
+            )(x)
+        return nn.relu(x) if self.act else x
+
+
+def ceil_mode_pads(size: int, window: int, stride: int, pad: int = 0) -> tuple[int, int]:
+    """Pads that make a pool behave like PyTorch's `ceil_mode=True` (extra pad at the end only).
+
+    PyTorch drops a last window that would start inside the right padding; mirror that rule.
+    """
+    out = math.ceil((size + 2 * pad - window) / stride) + 1
+    if (out - 1) * stride >= size + pad:
+        out -= 1
+    extra = max(0, (out - 1) * stride + window - size - 2 * pad)
+    return (pad, pad + extra)
+
+
+def max_pool(
+    x,
+    window: IntPair,
+    strides: IntPair,
+    padding: IntPair | str = 0,
+    *,
+    ceil_mode: bool = False,
+    padding_mode: PaddingMode = "torch",
+):
+    """Max pool with PyTorch (symmetric pads, optional ceil_mode) or TF ('SAME') semantics.
+
+    Padding is -inf, as in both frameworks, so padded cells never win.
+    """
+    window, strides = pair(window), pair(strides)
+    if isinstance(padding, str):
+        pads = padding.upper()
+    elif padding_mode == "tf":
+        pads = "SAME" if (ceil_mode or any(pair(padding))) else "VALID"
+    else:
+        ph, pw = pair(padding)
+        if ceil_mode:
+            pads = (
+                ceil_mode_pads(x.shape[1], window[0], strides[0], ph),
+                ceil_mode_pads(x.shape[2], window[1], strides[1], pw),
+            )
+        else:
+            pads = ((ph, ph), (pw, pw))
+    return nn.max_pool(x, window, strides, padding=pads)
+
+
+def avg_pool(
+    x,
+    window: IntPair,
+    strides: IntPair,
+    padding: IntPair | str = 0,
+    *,
+    count_include_pad: bool,
+    padding_mode: PaddingMode = "torch",
+):
+    """Average pool; `count_include_pad` decides whether padded zeros count in the divisor."""
+    return nn.avg_pool(
+        x,
+        pair(window),
+        pair(strides),
+        padding=resolve_padding(padding, padding_mode),
+        count_include_pad=count_include_pad,
+    )
+
+
+def global_avg_pool(x):
+    """Mean over H and W, computed in float32 so bf16 models pool without precision loss."""
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+
+
+def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+    """Cross-channel LRN as in AlexNet/GoogLeNet 2014 (Caffe/PyTorch form: alpha divided by size)."""
+    sq = jnp.square(x.astype(jnp.float32))
+    half = size // 2
+    sq = jnp.pad(sq, ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+    window_sum = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1), "VALID")
+    div = jnp.power(k + (alpha / size) * window_sum, beta)
+    return (x.astype(jnp.float32) / div).astype(x.dtype)
+
+
+def scaled_depth(channels: int, multiplier: float, min_depth: int = 16) -> int:
+    """TF-slim's `depth_multiplier`: scale a channel count, never below `min_depth`."""
+    if multiplier == 1.0:
+        return channels
+    return max(int(channels * multiplier), min_depth)
+
+
+def check_input(x, *, model: str, min_size: int, in_channels: int = 3):
+    """Fails early, with the fix spelled out, instead of deep inside an XLA shape error."""
+    if not hasattr(x, "ndim") or x.ndim != 4:
+        shape = getattr(x, "shape", None)
+        raise ValueError(
+            f"{model}: expected a batch of NHWC images with shape (batch, height, width, {in_channels}), "
+            f"got shape {shape}; add a batch axis with x[None] or move channels last."
+        )
+    if x.shape[-1] != in_channels:
+        raise ValueError(
+            f"{model}: expected {in_channels} channels in the last axis (NHWC), got shape {tuple(x.shape)}; "
+            f"transpose NCHW input with x.transpose(0, 2, 3, 1) or set in_channels={x.shape[-1]}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{model}: expected floating-point images, got dtype {x.dtype}; convert and normalise first, "
+            "e.g. x.astype(jnp.float32) / 127.5 - 1."
+        )
+    h, w = x.shape[1], x.shape[2]
+    if h < min_size or w < min_size:
+        raise ValueError(
+            f"{model}: input {h}x{w} is below the minimum size {min_size}x{min_size}; resize the images "
+            f"to at least {min_size} pixels per side."
+        )
+
+
+def classifier(x, num_classes: int, *, dtype, param_dtype, name: str):
+    """The final linear layer (PyTorch `nn.Linear` layout after transposition)."""
+    return nn.Dense(num_classes, kernel_init=dense_init, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+
+
+def concat(branches: Sequence[jax.Array]):
+    return jnp.concatenate(branches, axis=-1)
+
+
+Act = Callable[[jax.Array], jax.Array]

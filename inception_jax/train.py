@@ -1,0 +1,372 @@
+"""The one trainer: `train_and_evaluate(config, workdir)`, importable from a notebook.
+
+Read top to bottom, in big_vision's order: validation, mesh, data, model and optimizer, state,
+steps, checkpoint restore, loop, final eval. Data parallel over every device of every process:
+`jax.jit` over a one-axis mesh (BatchNorm statistics over the global batch), or `jax.shard_map` when
+`config.bn_statistics == "per_device"` (statistics per device, as the papers' 32-per-replica training).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from inception_jax import checkpoint as ckpt_lib
+from inception_jax import losses, metrics as metrics_lib, optim, parallel
+from inception_jax import validation
+from inception_jax.models import profile, registry
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a pytree, donated to the step and checkpointed whole."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any  # Polyak/EMA parameter average used for eval; {} when config.ema_decay is off
+    nonfinite_skips: jax.Array  # updates skipped for a NaN/Inf loss (config.on_nonfinite == "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Model and steps
+# ----------------------------------------------------------------------------------------------
+
+
+def build_model(config, num_classes: int):
+    options = {k: v for k, v in config.model.items() if k != "name"}
+    options.setdefault("num_classes", num_classes)
+    return registry.create_model(config.model.name, **options)
+
+
+def init_state(model, tx, config, image_size: int, rng) -> TrainState:
+    x = jnp.zeros((1, image_size, image_size, model.in_channels), jnp.float32)
+    variables = model.init({"params": rng, "dropout": rng}, x, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else {},
+        nonfinite_skips=jnp.zeros((), jnp.int32),
+    )
+
+
+def _forward_loss(model, config, num_classes, params, batch_stats, batch, rng):
+    (logits, out), new_vars = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": rng},
+    )
+    loss, parts = losses.total_loss(
+        logits,
+        out["aux_logits"],
+        batch["label"],
+        num_classes=num_classes,
+        label_smoothing=config.label_smoothing,
+        aux_loss_weights=tuple(config.aux_loss_weights),
+    )
+    top1 = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
+    return loss, (new_vars.get("batch_stats", {}), parts, top1)
+
+
+def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss) -> tuple[TrainState, jax.Array]:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if config.ema_decay:
+        ema = optim.ema_update(state.ema_params, params, config.ema_decay, state.step)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
+                        ema_params=ema)
+    if config.on_nonfinite == "skip":
+        keep_old = lambda n, o: jnp.where(finite, n, o)
+        new = jax.tree.map(keep_old, new, state.replace(step=state.step + 1))
+        new = new.replace(nonfinite_skips=state.nonfinite_skips + (~finite).astype(jnp.int32))
+    return new, finite
+
+
+def make_train_step(model, tx, schedule, config, num_classes: int, mesh):
+    """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated."""
+    loss_grad = jax.value_and_grad(functools.partial(_forward_loss, model, config, num_classes), has_aux=True)
+
+    def metrics_of(state, loss, parts, top1, grads, finite):
+        m = {
+            "train/loss": loss,
+            "train/top1": top1,
+            "train/learning_rate": schedule(state.step),
+            "train/grad_norm": optax.global_norm(grads),
+            "train/param_norm": optax.global_norm(state.params),
+            "finite": finite,
+        }
+        m.update({f"train/loss_{k}": v for k, v in parts.items()})
+        return m
+
+    def global_step(state, batch, base_rng):
+        rng = jax.random.fold_in(base_rng, state.step)
+        (loss, (bs, parts, top1)), grads = loss_grad(state.params, state.batch_stats, batch, rng)
+        new_state, finite = _apply_update(state, grads, bs, tx, config, loss)
+        return new_state, metrics_of(state, loss, parts, top1, grads, finite)
+
+    def per_device_step(state, batch, base_rng):
+        # Runs once per device on its slice of the batch: BatchNorm sees only the local examples,
+        # as in the papers' per-replica training; gradients and statistics are then averaged.
+        axis = parallel.DATA_AXIS
+        rng = jax.random.fold_in(jax.random.fold_in(base_rng, state.step), jax.lax.axis_index(axis))
+        (loss, (bs, parts, top1)), grads = loss_grad(state.params, state.batch_stats, batch, rng)
+        grads, bs, loss, parts, top1 = jax.lax.pmean((grads, bs, loss, parts, top1), axis)
+        new_state, finite = _apply_update(state, grads, bs, tx, config, loss)
+        return new_state, metrics_of(state, loss, parts, top1, grads, finite)
+
+    if config.bn_statistics == "per_device":
+        step_fn = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
+                                out_specs=(P(), P()), check_vma=False)
+    else:
+        step_fn = global_step
+    replicated = parallel.replicated(mesh)
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+
+
+def make_eval_step(model, mesh):
+    """`eval_step(params, batch_stats, batch) -> sums`: exact counts over the unmasked examples."""
+
+    def eval_step(params, batch_stats, batch):
+        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+        logits = logits.astype(jnp.float32)
+        mask = batch["mask"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        k5 = min(5, logits.shape[-1])
+        return {
+            "correct1": losses.topk_correct(logits, batch["label"], 1, mask),
+            "correct5": losses.topk_correct(logits, batch["label"], k5, mask),
+            "loss_sum": jnp.sum(jnp.where(mask, ce, 0.0)),
+            "count": jnp.sum(mask.astype(jnp.int32)),
+        }
+
+    return jax.jit(eval_step, out_shardings=parallel.replicated(mesh))
+
+
+def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
+    """Runs over every eval example once; returns `eval/top1`, `eval/top5`, `eval/loss`, `eval/examples`."""
+    totals = {"correct1": 0, "correct5": 0, "loss_sum": 0.0, "count": 0}
+    for local in eval_batches():
+        sums = jax.device_get(eval_step(params, batch_stats, parallel.global_batch(local, mesh)))
+        for k in totals:
+            totals[k] += sums[k].item()
+    n = max(totals["count"], 1)
+    return {
+        "eval/top1": totals["correct1"] / n,
+        "eval/top5": totals["correct5"] / n,
+        "eval/loss": totals["loss_sum"] / n,
+        "eval/examples": totals["count"],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Interruption handling
+# ----------------------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then save and exit cleanly)."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some notebook runners): no handler
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains and evaluates `config` in `workdir`, resuming from the workdir's latest checkpoint."""
+    from inception_jax.data import pipeline  # TF is imported only by runs that read data
+
+    # 1. Validate everything cheap before anything expensive.
+    config = validation.validated(config)
+    workdir = os.path.abspath(workdir)
+    validation.check_workdir(workdir)
+    try:
+        info = pipeline.dataset_info(config)  # unknown/unprepared datasets fail here, in seconds
+    except (ValueError, FileNotFoundError) as e:
+        raise validation.ConfigError(str(e)) from None
+
+    # 2. Mesh over every device of every process.
+    parallel.initialize_distributed()
+    mesh = parallel.make_mesh()
+    is_main = jax.process_index() == 0
+    local_bs = parallel.local_batch_size(config.batch_size, mesh)
+    local_eval_bs = parallel.local_batch_size(config.eval_batch_size, mesh, field="config.eval_batch_size")
+
+    # 3. Model, durations, optimizer.
+    image_size = validation.image_size(config)
+    model = build_model(config, info.num_classes)
+    validation.check_model_against_config(config, model, image_size)
+    steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
+    total_steps = optim.steps_from(config, steps_per_epoch)
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+
+    # 4. State: shapes first, then a jitted init straight into the replicated layout.
+    replicated = parallel.replicated(mesh)
+    rng = jax.random.key(config.seed)
+    init_rng, dropout_rng = jax.random.split(rng)
+    init_fn = functools.partial(init_state, model, tx, config, image_size)
+    abstract_state = jax.eval_shape(init_fn, init_rng)
+    state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
+
+    # 5. Restore: the workdir's own checkpoint, else init_from weights, else scratch.
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint_max_to_keep)
+    restored = checkpointer.restore_latest(ckpt_lib.abstract_like(abstract_state, state_shardings))
+    writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+    if restored is not None:
+        start_step, state, _meta = restored
+        log.info("resumed from %s at step %d", checkpointer.directory, start_step)
+        writer.truncate_after(start_step)
+    else:
+        start_step = 0
+        state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+        if config.init_from:
+            state = _load_init_from(config, state, replicated)
+    if is_main:
+        metrics_lib.write_config(workdir, config)
+
+    train_step = make_train_step(model, tx, schedule, config, info.num_classes, mesh)
+    eval_step = make_eval_step(model, mesh)
+    eval_batches = functools.partial(
+        pipeline.make_eval_iterator, config, process_index=jax.process_index(),
+        process_count=jax.process_count(), local_batch_size=local_eval_bs)
+
+    def run_eval(state) -> dict[str, float]:
+        params = state.ema_params if config.ema_decay else state.params
+        return evaluate(eval_step, params, state.batch_stats, eval_batches, mesh)
+
+    if config.eval_only:
+        result = run_eval(state)
+        print(f"eval at step {start_step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}  "
+              f"({result['eval/examples']} examples)", flush=True)
+        checkpointer.close()
+        return state
+
+    # 6. The loop.
+    train_iter = pipeline.make_train_iterator(config, process_index=jax.process_index(),
+                                              process_count=jax.process_count(), local_batch_size=local_bs,
+                                              start_step=start_step)
+    progress = metrics_lib.Progress(total_steps, start_step, enabled=is_main and config.progress_bar)
+    throughput = metrics_lib.Throughput()
+    pending: list[dict] = []
+    last_saved = start_step if restored is not None else None
+    step = start_step
+
+    def check_finite(at_step: int, m: dict) -> None:
+        if config.on_nonfinite == "stop" and not bool(m["finite"]):
+            where = (f"step {last_saved} in {checkpointer.directory}" if last_saved is not None
+                     else "none (no checkpoint was saved yet)")
+            raise NonFiniteLossError(
+                f"loss is NaN or Inf at step {at_step}; the last good checkpoint is {where}. Lower "
+                "config.schedule.base_learning_rate, set config.grad_clip_norm, or set "
+                "config.on_nonfinite='skip' to skip such updates.")
+    try:
+        with StopRequest() as stop:
+            while step < total_steps:
+                if stop.signal is not None:
+                    progress.write(f"received signal {stop.signal}: saving step {step} and exiting")
+                    break
+                batch = parallel.global_batch(next(train_iter), mesh)
+                state, step_metrics = train_step(state, batch, dropout_rng)
+                step += 1
+                pending.append(step_metrics)
+                throughput.add(config.batch_size)
+                # Check the previous step while this one runs: no host sync on the step in flight.
+                if len(pending) > 1:
+                    check_finite(step - 1, pending[-2])
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    check_finite(step, step_metrics)
+                    summary = _summarise(pending)
+                    pending.clear()
+                    summary["perf/images_per_sec"] = throughput.rate()
+                    summary["train/nonfinite_skips"] = int(state.nonfinite_skips)
+                    writer.write(step, summary)
+                    progress.update(0, loss=summary["train/loss"], img_s=summary["perf/images_per_sec"])
+                if step % config.eval_every_steps == 0 and step != total_steps:
+                    writer.write(step, run_eval(state))
+                if step % config.checkpoint_every_steps == 0 or step == total_steps:
+                    check_finite(step, step_metrics)  # never save a state that went NaN
+                    checkpointer.save(step, state, {"step": step})
+                    last_saved = step
+                progress.update(1)
+        if step < total_steps and last_saved != step:  # interrupted: keep what we have
+            checkpointer.save(step, state, {"step": step}, force=True)
+    finally:
+        checkpointer.close()
+        progress.close()
+
+    if step == total_steps:
+        result = run_eval(state)
+        writer.write(step, result)
+        if is_main:
+            print(f"final eval at step {step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}",
+                  flush=True)
+    writer.close()
+    return state
+
+
+def _summarise(pending: list[dict]) -> dict[str, float]:
+    fetched = jax.device_get(pending)
+    keys = [k for k in fetched[0] if k != "finite"]
+    out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+    out["train/learning_rate"] = float(fetched[-1]["train/learning_rate"])
+    return out
+
+
+def _load_init_from(config, state: TrainState, replicated) -> TrainState:
+    loaded = ckpt_lib.load_init_variables(config.init_from)
+    host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    merged, reinit = ckpt_lib.merge_init_variables(host, loaded)
+    if reinit:
+        log.info("init_from: re-initialised %d classifier leaves for the new class count: %s", len(reinit), reinit)
+    params = jax.device_put(merged["params"], replicated)
+    batch_stats = jax.device_put(merged.get("batch_stats", {}), replicated)
+    ema = jax.tree.map(jnp.copy, params) if config.ema_decay else {}
+    return state.replace(params=params, batch_stats=batch_stats, ema_params=ema)

@@ -1,0 +1,143 @@
+"""Config checks that run before anything expensive: one line naming the field, the value and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+
+import ml_collections
+
+from inception_jax.config_base import base_config
+from inception_jax.models import profile, registry
+
+
+class ConfigError(ValueError):
+    """A bad config value; `main` prints it and exits with status 2."""
+
+
+_CHOICES = {
+    "optimizer.name": ("rmsprop", "sgd", "adamw"),
+    "optimizer.weight_decay_mode": ("l2", "decoupled"),
+    "schedule.name": ("exponential", "cosine", "constant"),
+    "input.train_augment": ("inception_crop", "resize_flip", "none"),
+    "bn_statistics": ("global", "per_device"),
+    "on_nonfinite": ("stop", "skip"),
+}
+
+
+def _flat(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict) and k != "model":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Returns a copy with defaults filled in; raises ConfigError on the first bad field."""
+    c = base_config()
+    known = _flat(c)
+    given = _flat(config)
+    for key in given:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean config.{close[0]}?" if close else ""
+            raise ConfigError(f"unknown config field config.{key}.{hint}")
+    for key, value in given.items():
+        if key == "model":
+            continue
+        *parents, leaf = key.split(".")
+        target = _get(c, ".".join(parents)) if parents else c
+        try:
+            target[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"config.{key}={value!r} has the wrong type: {e}") from None
+    if "model" in config:
+        c.model = ml_collections.ConfigDict(dict(config.model))
+    if "name" not in c.model:
+        raise ConfigError("config.model.name is missing; set it to one of " + ", ".join(registry.list_models()))
+
+    try:
+        registry.get_entry(c.model.name)
+    except ValueError as e:
+        raise ConfigError(f"config.model.name: {e}") from None
+    options = registry.model_options(c.model.name)
+    for key in c.model:
+        if key != "name" and key not in options:
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f" Did you mean config.model.{close[0]}?" if close else ""
+            raise ConfigError(f"config.model.{key} is not an option of {c.model.name!r}.{hint} "
+                              f"Options: {', '.join(sorted(options))}.")
+
+    for key, choices in _CHOICES.items():
+        value = _get(c, key)
+        if value not in choices:
+            raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(map(repr, choices))}.")
+
+    _positive(c, "batch_size", "a positive global batch size divisible by the device count")
+    _positive(c, "eval_batch_size", "a positive global batch size divisible by the device count")
+    _positive(c, "schedule.base_learning_rate", "e.g. 0.045 for RMSProp as in the papers")
+    for key in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "checkpoint_max_to_keep"):
+        _positive(c, key, "a positive number of steps")
+    if (c.total_steps > 0) == (c.num_epochs > 0):
+        raise ConfigError(
+            f"set exactly one of config.total_steps ({c.total_steps}) and config.num_epochs ({c.num_epochs}) "
+            "to a positive value; e.g. --config.total_steps=1000 --config.num_epochs=0.")
+    if c.total_steps < 0 or c.num_epochs < 0:
+        raise ConfigError("config.total_steps and config.num_epochs must not be negative.")
+    if not 0.0 <= c.label_smoothing < 1.0:
+        raise ConfigError(f"config.label_smoothing={c.label_smoothing} must be in [0, 1); the papers use 0.1.")
+    if c.ema_decay is not None and not 0.0 < c.ema_decay < 1.0:
+        raise ConfigError(f"config.ema_decay={c.ema_decay} must be in (0, 1) (e.g. 0.9999) or None to disable.")
+    if c.grad_clip_norm is not None and c.grad_clip_norm <= 0:
+        raise ConfigError(f"config.grad_clip_norm={c.grad_clip_norm} must be positive, or None to disable.")
+    if any(w < 0 for w in c.aux_loss_weights):
+        raise ConfigError(f"config.aux_loss_weights={tuple(c.aux_loss_weights)} must not be negative.")
+    return c
+
+
+def _get(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
+
+
+def _positive(c, key: str, fix: str) -> None:
+    value = _get(c, key)
+    if value is None or value <= 0:
+        raise ConfigError(f"config.{key}={value!r} must be positive: {fix}.")
+
+
+def image_size(config) -> int:
+    """The training/eval input side: config.input.image_size or the variant's default."""
+    data = registry.data_config(config.model.name)
+    size = config.input.image_size or data.input_size
+    if size < data.min_input_size:
+        raise ConfigError(
+            f"config.input.image_size={size} is below {config.model.name}'s minimum input size "
+            f"{data.min_input_size}; use --config.input.image_size={data.min_input_size} or larger.")
+    return size
+
+
+def check_model_against_config(config, model, size: int) -> None:
+    """Aux loss weights must match the model's aux heads one for one."""
+    heads = profile.num_aux_heads(model, size)
+    weights = tuple(config.aux_loss_weights)
+    if len(weights) != heads:
+        fix = ("set config.model.aux_logits=True or config.aux_loss_weights=()" if heads == 0
+               else f"give {heads} weight(s), e.g. config.aux_loss_weights={(0.3,) * heads}")
+        raise ConfigError(f"config.aux_loss_weights={weights} has {len(weights)} weight(s) but "
+                          f"{config.model.name} with these options has {heads} aux head(s); {fix}.")
+
+
+def check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a writable "
+                          "directory.") from None
