@@ -76,3 +76,52 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = None  # a converted .msgpack or another run's workdir: fine-tune from its weights
     c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit
     return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses the `:key=value,key2=value2` suffix of `--config=configs/x.py:...` (big_vision style).
+
+    A bare word sets that key to True (`:runlocal`). Values are parsed as Python literals when they
+    look like one (`lr=0.1`, `aux=False`), else kept as strings. Unknown keys are an error.
+    """
+    import ast
+
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in out:
+            raise ValueError(f"unknown config argument {key!r}; valid: {', '.join(sorted(defaults))}")
+        if not value:
+            out[key] = True
+            continue
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def imagenet_recipe(c: ml_collections.ConfigDict, *, dataset: str = "imagenet2012") -> None:
+    """Data settings shared by the ImageNet configs; imagenette is a drop-in (320px, 10 classes)."""
+    c.dataset.name = dataset
+    c.dataset.train_split = "train"
+    c.dataset.eval_split = "validation"
+    c.input.train_augment = "inception_crop"
+    c.input.color_distortion = True
+    c.log_every_steps = 100
+    c.eval_every_steps = 5000
+    c.checkpoint_every_steps = 1000
+
+
+def shrink_for_local_run(c: ml_collections.ConfigDict) -> None:
+    """`:runlocal`: a tiny, fast variant of any config for smoke runs on a laptop or CI."""
+    c.model.width_multiplier = 0.25
+    c.input.image_size = 75 if c.model.name != "googlenet" else 32
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.total_steps = 4
+    c.num_epochs = 0.0
+    c.log_every_steps = 2
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 2
+    c.dataset.shuffle_buffer = 16

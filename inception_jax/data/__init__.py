@@ -1,0 +1,27 @@
+"""Input data: the offline `digits` TFDS builder, tf.data preprocessing ops and the per-process pipeline.
+
+Importing this package imports TensorFlow (and hides GPUs from it); the rest of inception_jax never does.
+"""
+
+from inception_jax.data import digits, preprocess
+from inception_jax.data.pipeline import (
+    DatasetInfo,
+    DatasetNotPreparedError,
+    EvalBatches,
+    dataset_info,
+    make_eval_iterator,
+    make_train_iterator,
+    num_eval_batches,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetNotPreparedError",
+    "EvalBatches",
+    "dataset_info",
+    "digits",
+    "make_eval_iterator",
+    "make_train_iterator",
+    "num_eval_batches",
+    "preprocess",
+]
