@@ -18,7 +18,7 @@ def get_config(arg=None):
     c.model.dropout_rate = 0.2
 
     c.dataset.name = "digits"
-    c.dataset.data_dir = None  # None: ~/tensorflow_datasets, where `digits` is built on first use
+    # c.dataset.data_dir unset: ~/tensorflow_datasets, where `digits` is built on first use.
     c.dataset.train_split = "train"
     c.dataset.eval_split = "test"
     c.dataset.cache = True

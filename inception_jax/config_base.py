@@ -7,6 +7,7 @@ Config files call `base_config()` and change what their recipe needs. The traine
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -17,18 +18,18 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.dataset = ml_collections.ConfigDict()
     c.dataset.name = "imagenet2012"  # a TFDS name; "digits" is the built-in dataset
-    c.dataset.data_dir = None  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
+    c.dataset.data_dir = placeholder(str)  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
     c.dataset.train_split = "train"
     c.dataset.eval_split = "validation"
     c.dataset.shuffle_buffer = 10_000
     c.dataset.cache = False  # keep decoded examples in memory (small datasets only)
 
     c.input = ml_collections.ConfigDict()
-    c.input.image_size = None  # None: the variant's default input size
-    c.input.crop_pct = None  # None: the variant's default eval crop fraction
-    c.input.mean = None  # None: the variant's default normalisation
-    c.input.std = None
-    c.input.interpolation = None
+    c.input.image_size = placeholder(int)  # None: the variant's default input size
+    c.input.crop_pct = placeholder(float)  # None: the variant's default eval crop fraction
+    c.input.mean = placeholder(tuple)  # None: the variant's default normalisation
+    c.input.std = placeholder(tuple)
+    c.input.interpolation = placeholder(str)
     c.input.train_augment = "inception_crop"  # | "resize_flip" | "none"
     c.input.color_distortion = False
 
@@ -59,8 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.schedule.warmup_epochs = 0.0
     c.schedule.end_learning_rate = 0.0
 
-    c.grad_clip_norm = None
-    c.ema_decay = None
+    c.grad_clip_norm = placeholder(float)
+    c.ema_decay = placeholder(float)
     c.label_smoothing = 0.0
     c.aux_loss_weights = ()
 
@@ -73,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_max_to_keep = 3
     c.progress_bar = True
 
-    c.init_from = None  # a converted .msgpack or another run's workdir: fine-tune from its weights
+    c.init_from = placeholder(str)  # a converted .msgpack or another run's workdir: fine-tune from its weights
     c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit
     return c
 

@@ -24,7 +24,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for name in ("absl", "jax"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()  # ours is the only bar a run shows
     from inception_jax import train, validation
 
     try:

@@ -245,8 +245,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     model = build_model(config, info.num_classes)
     validation.check_model_against_config(config, model, image_size)
     steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
-    total_steps = optim.steps_from(config, steps_per_epoch)
-    tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+    try:
+        total_steps = optim.steps_from(config, steps_per_epoch)
+        tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+    except ValueError as e:
+        raise validation.ConfigError(str(e)) from None
 
     # 4. State: shapes first, then a jitted init straight into the replicated layout.
     replicated = parallel.replicated(mesh)

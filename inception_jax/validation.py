@@ -72,6 +72,12 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(f"config.model.{key} is not an option of {c.model.name!r}.{hint} "
                               f"Options: {', '.join(sorted(options))}.")
 
+    data = registry.data_config(c.model.name)
+    for key in ("image_size", "crop_pct", "mean", "std", "interpolation"):
+        if c.input[key] is None:  # the variant's own defaults, as timm's pretrained_cfg
+            c.input[key] = getattr(data, "input_size" if key == "image_size" else key)
+    image_size(c)
+
     for key, choices in _CHOICES.items():
         value = _get(c, key)
         if value not in choices:

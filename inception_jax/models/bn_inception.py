@@ -1,0 +1,286 @@
+"""BN-Inception (Ioffe & Szegedy 2015), as released by TF-slim under the name `inception_v2`.
+
+TF-slim's `inception_v2.py` is the batch-normalised Inception of the BN paper, not the "Inception-v2"
+of *Rethinking* (REFERENCE.md 1). No PyTorch reference exists (timm, torchvision and Keras lack it;
+Cadene's `bninception` is a different, Caffe-trained graph), so this follows the slim definition:
+
+* stem: a separable 7x7/2 conv (depthwise with channel multiplier 8, i.e. 3 -> 24 channels, then a
+  pointwise 1x1 to 64; BN and ReLU after the pointwise conv only), max pool 3x3/2, 1x1 64, 3x3 192,
+  max pool 3x3/2;
+* ten Inception modules Mixed_3b..Mixed_5c: 1x1 | 1x1-3x3 | 1x1-3x3-3x3 (the BN paper's change from
+  GoogLeNet: the 5x5 conv factorised into two 3x3) | pool-1x1, with slim's pools (3x3/1 average,
+  except a max pool in Mixed_5c); Mixed_4a and Mixed_5a are the stride-2 modules (3x3/2 convs
+  ending two branches, and a 3x3/2 max pool branch without projection);
+* global average pool (slim's `global_pool=True`; slim's default is a fixed 7x7 pool, which equals it
+  at 224), dropout (slim keep_prob 0.8 -> rate 0.2), a 1x1 conv with bias to the logits, no aux head;
+* 'SAME' padding on every conv and pool, also the stride-2 ones (asymmetric for even inputs), so the
+  default `padding_mode` is "tf". `padding_mode="torch"` pads every op symmetrically with k // 2,
+  which gives the same output sizes at every input size but not the same sampling grid. Average
+  pools exclude the padding in both modes (TF semantics).
+
+Module names are slim's scope names, nested as in slim (`Mixed_3b/Branch_2/Conv2d_0c_3x3`), each
+conv holding `conv` and `bn` children (slim: `weights`, `BatchNorm/beta`): a slim checkpoint maps
+over by name (the stem's `depthwise_weights` [7, 7, 3, 8] reshape to our (7, 7, 1, 24) kernel; the
+logits conv [1, 1, 1024, 1001] loses row 0, the background class).
+
+`bn_use_scale=True` (default) gives BN a learned gamma, as timm and torchvision do everywhere. TF-slim
+trains with `scale=False` (beta only), so slim checkpoints need `bn_use_scale=False`; slim's BN decay
+0.9997 is `bn_momentum=0.9997` (the default 0.9 is PyTorch's 0.1). `width_multiplier` is slim's
+`depth_multiplier`, applied to every conv (at least 16 channels) and to the stem's depthwise
+multiplier as slim does: min(int(depth(64) / 3), 8).
+`factorize_5x5=False` puts a true 5x5 conv in place of each pair of 3x3 convs (stride 2 in Mixed_4a
+and Mixed_5a), for the BN paper's 5x5-vs-double-3x3 comparison.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from inception_jax.models import layers
+from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+
+# Stride-1 modules: 1x1, (3x3 reduce, 3x3), (double-3x3 reduce, double 3x3), pool, pool projection.
+_INCEPTION_CFG = {
+    "Mixed_3b": (64, (64, 64), (64, 96), "avg", 32),
+    "Mixed_3c": (64, (64, 96), (64, 96), "avg", 64),
+    "Mixed_4b": (224, (64, 96), (96, 128), "avg", 128),
+    "Mixed_4c": (192, (96, 128), (96, 128), "avg", 128),
+    "Mixed_4d": (160, (128, 160), (128, 160), "avg", 96),
+    "Mixed_4e": (96, (128, 192), (160, 192), "avg", 96),
+    "Mixed_5b": (352, (192, 320), (160, 224), "avg", 128),
+    "Mixed_5c": (352, (192, 320), (192, 224), "max", 128),
+}
+# Stride-2 modules: (3x3 reduce, 3x3/2), (double-3x3 reduce, double 3x3 ending with stride 2).
+_REDUCTION_CFG = {
+    "Mixed_4a": ((128, 160), (64, 96)),
+    "Mixed_5a": ((128, 192), (192, 256)),
+}
+_ORDER = ("Mixed_3b", "Mixed_3c", "Mixed_4a", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
+          "Mixed_5a", "Mixed_5b", "Mixed_5c")
+_STEM_DEPTH_MULTIPLIER = 8  # cap on the stem's depthwise channel multiplier: slim's min(int(depth(64) / 3), 8)
+# With 'SAME' (or k // 2) padding every op maps n -> ceil(n / stride) >= 1, so any size runs.
+_MIN_INPUT_SIZE = 1
+
+ConvSpec = tuple[str, int, int, int]  # (slim scope name, out channels, kernel, stride)
+
+
+def _double_3x3(features: int, stride: int, factorize: bool) -> tuple[ConvSpec, ...]:
+    """The "5x5" path after its 1x1 reduction: two 3x3 convs (slim), or one 5x5 when not factorised."""
+    if factorize:
+        last = "Conv2d_0c_3x3" if stride == 1 else "Conv2d_1a_3x3"
+        return (("Conv2d_0b_3x3", features, 3, 1), (last, features, 3, stride))
+    return (("Conv2d_0b_5x5" if stride == 1 else "Conv2d_1a_5x5", features, 5, stride),)
+
+
+class Branch(nn.Module):
+    """One branch of a module: an optional 3x3/1 pool, then convs named by their slim scopes."""
+
+    convs: Sequence[ConvSpec]
+    conv: Any  # BNInception._conv(): ConvBN with the network's options bound and widths scaled
+    pool: str | None = None  # "avg" | "max" | None
+    padding_mode: PaddingMode = "tf"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.pool == "avg":
+            x = layers.avg_pool(x, 3, 1, 1, count_include_pad=False, padding_mode=self.padding_mode)
+        elif self.pool == "max":
+            x = layers.max_pool(x, 3, 1, 1, padding_mode=self.padding_mode)
+        for name, features, kernel, stride in self.convs:
+            x = self.conv(features, kernel, strides=stride, padding=kernel // 2, name=name)(x, train)
+        return x
+
+
+class InceptionModule(nn.Module):
+    """Stride-1 module (BN paper appendix, Figure 5): 1x1 | 1x1-3x3 | 1x1-3x3-3x3 | pool-1x1."""
+
+    ch1x1: int
+    ch3x3: tuple[int, int]
+    double3x3: tuple[int, int]
+    pool: str
+    pool_proj: int
+    conv: Any
+    factorize_5x5: bool = True
+    padding_mode: PaddingMode = "tf"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode)
+        (red3, ch3), (red5, ch5) = self.ch3x3, self.double3x3
+        return layers.concat([
+            branch((("Conv2d_0a_1x1", self.ch1x1, 1, 1),), name="Branch_0")(x, train),
+            branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_0b_3x3", ch3, 3, 1)), name="Branch_1")(x, train),
+            branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 1, self.factorize_5x5)),
+                   name="Branch_2")(x, train),
+            branch((("Conv2d_0b_1x1", self.pool_proj, 1, 1),), pool=self.pool, name="Branch_3")(x, train),
+        ])
+
+
+class ReductionModule(nn.Module):
+    """Stride-2 module (Mixed_4a, Mixed_5a): 1x1-3x3/2 | 1x1-3x3-3x3/2 | max pool 3x3/2."""
+
+    ch3x3: tuple[int, int]
+    double3x3: tuple[int, int]
+    conv: Any
+    factorize_5x5: bool = True
+    padding_mode: PaddingMode = "tf"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode)
+        (red3, ch3), (red5, ch5) = self.ch3x3, self.double3x3
+        return layers.concat([
+            branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_1a_3x3", ch3, 3, 2)), name="Branch_0")(x, train),
+            branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 2, self.factorize_5x5)),
+                   name="Branch_1")(x, train),
+            layers.max_pool(x, 3, 2, 1, padding_mode=self.padding_mode),  # Branch_2/MaxPool_1a_3x3
+        ])
+
+
+class SeparableConvBN(nn.Module):
+    """slim `separable_conv2d` + BN + ReLU: a depthwise conv with channel multiplier `depth_multiplier`
+    (no bias, no BN), then a pointwise 1x1 ConvBN. Depthwise output channel i*m + j reads input i.
+    """
+
+    features: int
+    kernel_size: int
+    strides: int
+    depth_multiplier: int
+    conv: Any
+    padding_mode: PaddingMode = "tf"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        channels = x.shape[-1]
+        x = nn.Conv(
+            channels * self.depth_multiplier,
+            (self.kernel_size, self.kernel_size),
+            strides=self.strides,
+            padding=layers.resolve_padding(self.kernel_size // 2, self.padding_mode),
+            feature_group_count=channels,
+            use_bias=False,
+            kernel_init=layers.conv_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="depthwise",
+        )(x)
+        return self.conv(self.features, 1, name="pointwise")(x, train)
+
+
+class Logits(nn.Module):
+    """slim's `Logits` scope: global average pool, dropout, 1x1 conv with bias (here a Dense; none
+    when `num_classes=0`, which returns the pooled features)."""
+
+    num_classes: int
+    dropout_rate: float = 0.2
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        pre_logits = layers.global_avg_pool(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
+        if self.num_classes:
+            x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  name="Conv2d_1c_1x1")
+        return x, pre_logits
+
+
+class BNInception(nn.Module):
+    """BN-Inception / TF-slim `inception_v2` (see the module docstring).
+
+    `model.apply(variables, images, train=..., return_endpoints=False)` takes NHWC images normalised
+    with mean = std = 0.5 and returns `(logits, out)`: `out["pre_logits"]` (the pooled 1024-d
+    features, before dropout; `num_classes=0` returns them as the logits), `out["aux_logits"]`
+    (always empty: there is no aux head, so `aux_logits=True` changes nothing) and, with
+    `return_endpoints=True`, every named stage's output in network order, keyed by slim's end-point
+    names: `Conv2d_1a_7x7`, `Conv2d_2b_1x1`, `Conv2d_2c_3x3`, `Mixed_3b` ... `Mixed_5c`.
+    """
+
+    num_classes: int = 1000
+    aux_logits: bool = False  # common interface only: BN-Inception has no aux head
+    dropout_rate: float = 0.2  # slim dropout_keep_prob 0.8
+    factorize_5x5: bool = True  # False: one 5x5 conv in place of each double 3x3 (BN paper ablation)
+    bn_use_scale: bool = True  # timm style; slim checkpoints (scale=False) need False
+    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
+    bn_momentum: float = 0.9  # Flax convention (PyTorch's 0.1); slim trains with 0.9997
+    bn_epsilon: float = 1e-3
+    padding_mode: PaddingMode = "tf"
+    in_channels: int = 3
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    num_aux_heads = 0
+    min_input_size = _MIN_INPUT_SIZE
+
+    def _check_options(self):
+        if self.padding_mode not in ("torch", "tf"):
+            raise ValueError(f"bn_inception: padding_mode must be 'tf' or 'torch', got {self.padding_mode!r}")
+        if self.width_multiplier <= 0:
+            raise ValueError(f"bn_inception: width_multiplier must be positive, got {self.width_multiplier}")
+        if self.num_classes < 0:
+            raise ValueError(f"bn_inception: num_classes must be >= 0, got {self.num_classes}")
+
+    def _conv(self):
+        """ConvBN with the network's options bound and widths scaled."""
+        base = functools.partial(ConvBN, padding_mode=self.padding_mode, bn_momentum=self.bn_momentum,
+                                 bn_epsilon=self.bn_epsilon, bn_use_scale=self.bn_use_scale, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+
+        def conv(features: int, kernel_size, **kwargs):
+            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
+
+        return conv
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_endpoints: bool = False):
+        self._check_options()
+        layers.check_input(x, model="bn_inception", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)
+        conv, pm = self._conv(), self.padding_mode
+        out: dict[str, Any] = {}
+
+        def stage(module, x):
+            y = module(x, train)
+            if return_endpoints:
+                out[module.name] = y
+            return y
+
+        # slim: depthwise_multiplier = min(int(depth(64) / 3), 8), so that 3 * m <= the pointwise width.
+        multiplier = min(layers.scaled_depth(64, self.width_multiplier) // 3, _STEM_DEPTH_MULTIPLIER)
+        x = stage(SeparableConvBN(64, 7, 2, multiplier, conv, pm, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  name="Conv2d_1a_7x7"), x)
+        x = layers.max_pool(x, 3, 2, 1, padding_mode=pm)  # MaxPool_2a_3x3
+        x = stage(conv(64, 1, name="Conv2d_2b_1x1"), x)
+        x = stage(conv(192, 3, padding=1, name="Conv2d_2c_3x3"), x)
+        x = layers.max_pool(x, 3, 2, 1, padding_mode=pm)  # MaxPool_3a_3x3
+
+        for name in _ORDER:
+            if name in _REDUCTION_CFG:
+                block = ReductionModule(*_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
+                                        padding_mode=pm, name=name)
+            else:
+                block = InceptionModule(*_INCEPTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
+                                        padding_mode=pm, name=name)
+            x = stage(block, x)
+
+        logits, out["pre_logits"] = Logits(self.num_classes, self.dropout_rate, dtype=self.dtype,
+                                           param_dtype=self.param_dtype, name="Logits")(x, train)
+        out["aux_logits"] = ()
+        return logits, out
+
+
+@register_model(
+    "bn_inception",
+    data=DataConfig(input_size=224, min_input_size=_MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bilinear",
+                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    description="BN-Inception (TF-slim inception_v2): separable 7x7 stem, double-3x3 modules, 'SAME' padding",
+)
+def bn_inception(**overrides) -> BNInception:
+    return BNInception(**overrides)

@@ -1,0 +1,284 @@
+"""GoogLeNet (Inception-v1), as released by TF-slim and torchvision, plus the 2014 paper's forms.
+
+Szegedy et al., "Going deeper with convolutions" (2014). The default module is torchvision's
+`googlenet` (a port of the TF-slim checkpoint) layer for layer, with module names matching its
+state_dict, so `inception_jax.convert.from_torch("googlenet", ...)` loads it by name. Quirks kept for
+parity (REFERENCE.md 3.1, 3.2):
+
+* conv1 is 7x7/2 with symmetric padding 3 (TF 'SAME' would pad (2, 3) and shift the grid);
+* every max pool uses PyTorch `ceil_mode=True`; maxpool4 is 2x2/2, not the paper's 3x3/2;
+* the "5x5" branch is a 3x3 conv (TF-slim's bug, kept by torchvision: pytorch/vision#906);
+* BatchNorm (eps 1e-3) after every conv, no LRN; main dropout 0.2 (the paper: 0.4);
+* aux heads: adaptive average pool to 4x4 (PyTorch's variable windows), 1x1 conv 128, fc1 1024, ReLU,
+  dropout 0.7, fc2 (the paper: avg pool 5x5/3, which agrees in output size at 224 but not in windows).
+
+`transform_input` is not implemented: it only maps ImageNet-mean/std-normalised input to the TF
+[-1, 1] range the weights expect, so the data config normalises with mean = std = 0.5 instead
+(REFERENCE.md 3.1; timm's torchvision ports do the same).
+
+Design switches for the paper's comparisons (all default to torchvision's model):
+
+* `branch3_kernel=5`: the paper's true 5x5 conv in the third branch.
+* `naive=True`: the paper's Fig. 2a "naive" Inception module: no 1x1 reductions before the 3x3 and
+  5x5 convs and no projection after the pool, so every module outputs 1x1 + 3x3 + 5x5 + *its input*
+  channels. The width therefore grows with depth (192 -> 416 -> 832 -> ... -> 4944 channels at
+  inception5b) and the cost explodes, which is the paper's argument for the reductions (Sec. 4).
+* `norm="lrn"`: the 2014 network (paper Table 1 / BVLC Caffe prototxt): no BatchNorm, biased convs,
+  local response normalisation after maxpool1 and after conv3. Its dropout rates are 0.4 (main) and
+  0.7 (aux): pass `dropout_rate=0.4` for the paper's form. The aux heads keep torchvision's adaptive
+  4x4 pool (not the paper's 5x5/3).
+* `padding_mode="tf"`: TF 'SAME' padding on every conv and pool (TF-slim `inception_v1`, whose
+  checkpoint expects it). 'SAME' would also run inputs below 15x15, but the 15 floor is kept in both
+  modes so the registry's `min_input_size` holds for every option.
+* `width_multiplier`: TF-slim's `depth_multiplier` on every conv (at least 16 channels); the aux
+  heads' fc1 stays 1024 wide.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from inception_jax.models import layers
+from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+
+# name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj), paper Table 1 = torchvision.
+_INCEPTION_CFG = {
+    "inception3a": (64, 96, 128, 16, 32, 32),
+    "inception3b": (128, 128, 192, 32, 96, 64),
+    "inception4a": (192, 96, 208, 16, 48, 64),
+    "inception4b": (160, 112, 224, 24, 64, 64),
+    "inception4c": (128, 128, 256, 24, 64, 64),
+    "inception4d": (112, 144, 288, 32, 64, 64),
+    "inception4e": (256, 160, 320, 32, 128, 128),
+    "inception5a": (256, 160, 320, 32, 128, 128),
+    "inception5b": (384, 192, 384, 48, 128, 128),
+}
+# Stride-2 max pools after these modules, by window size: maxpool3 is 3x3, maxpool4 2x2 (torchvision, slim).
+_POOL_AFTER = {"inception3b": 3, "inception4e": 2}
+_AUX_AFTER = ("inception4a", "inception4d")  # aux1, aux2: paper Sec. 5, torchvision.
+_MIN_INPUT_SIZE = 15  # torchvision's `min_size`: at 14, maxpool3 gets a 1x1 map and has no output.
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
+    """PyTorch's `adaptive_avg_pool2d` on NHWC input, for any input size.
+
+    Output cell i along an axis of length n averages rows [floor(i*n/o), ceil((i+1)*n/o)): windows
+    vary in size and may overlap (14 -> 4 uses [0,4) [3,7) [7,11) [10,14)). Averaging rows, then
+    columns, equals the 2-D window mean because every 2-D window is a rectangle.
+    """
+
+    def pool_axis(v, axis):
+        n = v.shape[axis]
+        cells = []
+        for i in range(output_size):
+            start, end = (i * n) // output_size, -(-((i + 1) * n) // output_size)
+            cells.append(jnp.mean(jax.lax.slice_in_dim(v, start, end, axis=axis), axis=axis, keepdims=True))
+        return jnp.concatenate(cells, axis=axis)
+
+    return pool_axis(pool_axis(x.astype(jnp.float32), 1), 2).astype(x.dtype)
+
+
+class Inception(nn.Module):
+    """One Inception module (paper Fig. 2): 1x1 | 1x1-3x3 | 1x1-kxk | maxpool 3x3/1-1x1, concatenated.
+
+    Child names follow torchvision's `nn.Sequential` indices (branch2_0, branch2_1, branch4_1: index 0
+    of branch4 is the pool). With `naive=True` the reductions and the pool projection are gone; the
+    3x3 and kxk convs keep the names of their slots (branch2_1, branch3_1).
+    """
+
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+    conv: Any  # GoogLeNet._conv(): ConvBN with the network's options bound and widths scaled
+    branch3_kernel: int = 3
+    naive: bool = False
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        k = self.branch3_kernel
+        branch1 = self.conv(self.ch1x1, 1, name="branch1")(x, train)
+        if self.naive:
+            branch2 = self.conv(self.ch3x3, 3, padding=1, name="branch2_1")(x, train)
+            branch3 = self.conv(self.ch5x5, k, padding=k // 2, name="branch3_1")(x, train)
+        else:
+            branch2 = self.conv(self.ch3x3red, 1, name="branch2_0")(x, train)
+            branch2 = self.conv(self.ch3x3, 3, padding=1, name="branch2_1")(branch2, train)
+            branch3 = self.conv(self.ch5x5red, 1, name="branch3_0")(x, train)
+            branch3 = self.conv(self.ch5x5, k, padding=k // 2, name="branch3_1")(branch3, train)
+        branch4 = layers.max_pool(x, 3, 1, 1, ceil_mode=True, padding_mode=self.padding_mode)
+        if not self.naive:
+            branch4 = self.conv(self.pool_proj, 1, name="branch4_1")(branch4, train)
+        return layers.concat([branch1, branch2, branch3, branch4])
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier: adaptive avg pool 4x4 -> 1x1 conv 128 -> flatten -> fc1 1024 -> ReLU ->
+    dropout -> fc2.
+
+    The flatten is NHWC (h, w, c) order; torchvision's is NCHW, so its fc1 weight columns are
+    permuted on import (`torch_fixup` below).
+    """
+
+    num_classes: int
+    conv: Any
+    dropout_rate: float = 0.7
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        dense = functools.partial(nn.Dense, kernel_init=layers.dense_init, dtype=self.dtype,
+                                  param_dtype=self.param_dtype)
+        x = adaptive_avg_pool(x, 4)
+        x = self.conv(128, 1, name="conv")(x, train)
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(dense(1024, name="fc1")(x))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        return dense(self.num_classes, name="fc2")(x)
+
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet / Inception-v1 (torchvision `googlenet` by default; see the module docstring).
+
+    `model.apply(variables, images, train=..., return_endpoints=False)` takes NHWC images normalised
+    with mean = std = 0.5 (at least 15x15) and returns `(logits, out)`:
+
+    * `out["pre_logits"]`: the pooled 1024-d features, before dropout (`num_classes=0` returns them
+      as the logits);
+    * `out["aux_logits"]`: in train mode with `aux_logits=True`, the tuple `(aux1, aux2)`, ordered from
+      the shallow head (on inception4a) to the deep one (on inception4d). torchvision returns
+      `GoogLeNetOutputs(logits, aux_logits2, aux_logits1)`, deep head first. Empty in eval mode, as
+      torchvision returns no aux logits there; `init` creates the heads' parameters in either mode;
+    * with `return_endpoints=True`, every named stage's output in network order: `conv1`, `conv2`,
+      `conv3`, `inception3a` ... `inception5b`.
+    """
+
+    num_classes: int = 1000
+    aux_logits: bool = False  # torchvision's class default is True; the paper trains with them (0.3 each)
+    dropout_rate: float = 0.2  # torchvision / slim; the paper: 0.4
+    aux_dropout_rate: float = 0.7
+    branch3_kernel: int = 3  # 5: the paper's true 5x5
+    naive: bool = False  # True: the paper's Fig. 2a modules, without 1x1 reductions
+    norm: str = "batchnorm"  # "batchnorm" (torchvision/slim) | "lrn" (the 2014 paper)
+    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
+    bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
+    bn_epsilon: float = 1e-3
+    padding_mode: PaddingMode = "torch"
+    in_channels: int = 3
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def num_aux_heads(self) -> int:
+        return len(_AUX_AFTER) if self.aux_logits and self.num_classes > 0 else 0
+
+    @property
+    def min_input_size(self) -> int:
+        return _MIN_INPUT_SIZE
+
+    def _check_options(self):
+        if self.norm not in ("batchnorm", "lrn"):
+            raise ValueError(f"googlenet: norm must be 'batchnorm' or 'lrn', got {self.norm!r}")
+        if self.padding_mode not in ("torch", "tf"):
+            raise ValueError(f"googlenet: padding_mode must be 'torch' or 'tf', got {self.padding_mode!r}")
+        if self.branch3_kernel < 1 or self.branch3_kernel % 2 == 0:
+            raise ValueError(f"googlenet: branch3_kernel must be odd (3 or 5), got {self.branch3_kernel}")
+        if self.width_multiplier <= 0:
+            raise ValueError(f"googlenet: width_multiplier must be positive, got {self.width_multiplier}")
+        if self.num_classes < 0:
+            raise ValueError(f"googlenet: num_classes must be >= 0, got {self.num_classes}")
+
+    def _conv(self):
+        """ConvBN (or a biased conv for `norm="lrn"`) with the network's options bound, widths scaled."""
+        base = functools.partial(ConvBN, use_bn=self.norm == "batchnorm", padding_mode=self.padding_mode,
+                                 bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
+
+        def conv(features: int, kernel_size, **kwargs):
+            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
+
+        return conv
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_endpoints: bool = False):
+        self._check_options()
+        # Checked in both padding modes: TF 'SAME' would run smaller inputs, but one floor keeps the
+        # data config (registry min_input_size) true for every option.
+        layers.check_input(x, model="googlenet", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)
+        lrn = self.norm == "lrn"
+        conv = self._conv()
+        max_pool = functools.partial(layers.max_pool, ceil_mode=True, padding_mode=self.padding_mode)
+        out: dict[str, Any] = {}
+
+        def stage(module, x):
+            y = module(x, train)
+            if return_endpoints:
+                out[module.name] = y
+            return y
+
+        x = stage(conv(64, 7, strides=2, padding=3, name="conv1"), x)
+        x = max_pool(x, 3, 2)
+        if lrn:
+            x = layers.local_response_norm(x)
+        x = stage(conv(64, 1, name="conv2"), x)
+        x = stage(conv(192, 3, padding=1, name="conv3"), x)
+        if lrn:
+            x = layers.local_response_norm(x)
+        x = max_pool(x, 3, 2)
+
+        aux = []
+        for name, widths in _INCEPTION_CFG.items():
+            x = stage(Inception(*widths, conv=conv, branch3_kernel=self.branch3_kernel, naive=self.naive,
+                                padding_mode=self.padding_mode, name=name), x)
+            if name in _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):
+                head = InceptionAux(self.num_classes, conv, self.aux_dropout_rate, dtype=self.dtype,
+                                    param_dtype=self.param_dtype, name=f"aux{_AUX_AFTER.index(name) + 1}")
+                aux.append(head(x, train))
+            if name in _POOL_AFTER:
+                x = max_pool(x, _POOL_AFTER[name], 2)
+
+        x = out["pre_logits"] = layers.global_avg_pool(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.num_classes:
+            x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
+        out["aux_logits"] = tuple(aux) if train else ()
+        return x, out
+
+
+def torchvision_fixup(state: dict) -> dict:
+    """Reorders torchvision's aux fc1 input columns from NCHW flatten order to our NHWC order.
+
+    PyTorch flattens the 128x4x4 aux features as c*16 + h*4 + w; we flatten as h*512 + w*128 + c.
+    Only the columns move: the converter's generic 2-D transpose then makes the Dense kernel
+    (REFERENCE.md 3.4).
+    """
+    state = dict(state)
+    for head in ("aux1", "aux2"):
+        key = f"{head}.fc1.weight"
+        if key in state:
+            w = state[key]
+            units, flat = w.shape
+            state[key] = w.reshape(units, flat // 16, 4, 4).transpose(0, 2, 3, 1).reshape(units, flat)
+    return state
+
+
+@register_model(
+    "googlenet",
+    data=DataConfig(input_size=224, min_input_size=_MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bilinear",
+                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    description="GoogLeNet / Inception-v1 (torchvision googlenet, the TF-slim inception_v1 port)",
+    torch_reference="torchvision googlenet",
+    torch_fixup=torchvision_fixup,
+)
+def googlenet(**overrides) -> GoogLeNet:
+    return GoogLeNet(**overrides)

@@ -1,0 +1,401 @@
+"""Inception-v3 and the Rethinking paper's Inception-v2 (Szegedy et al. 2015, "Rethinking the Inception
+Architecture for Computer Vision", arXiv:1512.00567).
+
+`inception_v3` is exactly timm's / torchvision's `inception_v3` (timm's file is a copy of torchvision's):
+the same module tree and names (`Conv2d_1a_3x3` ... `Mixed_7c`, branches `branch1x1`, `branch5x5_1`,
+`branch3x3dbl_1`, `branch_pool`, ..., `AuxLogits/{conv0,conv1,fc}`, classifier `fc`), so their
+state_dicts load by name through `inception_jax.convert.from_torch`, and the logits match. The quirks
+that matter for that parity (REFERENCE.md 3.1, 3.2):
+
+* Average pools inside the blocks are 3x3/1 pad 1 with `count_include_pad=True` (PyTorch's default, kept by
+  torchvision and timm). `avg_pool_count_include_pad=False` gives the TF / Keras / slim semantics instead.
+* Every stride-2 conv and pool is unpadded (VALID); every padded op is stride 1 with an odd kernel, so the
+  symmetric PyTorch pads equal TF 'SAME' here and there is no asymmetric-padding issue.
+* BatchNorm epsilon 1e-3 (slim's `batch_norm_epsilon`), momentum 0.9 in Flax's convention (PyTorch's 0.1).
+* `dropout_rate` defaults to 0.5 before the classifier, as torchvision; timm's default `drop_rate` is 0.
+* The aux head (`aux_logits=True`, torchvision's default, timm's is False) sits on Mixed_6e: avg pool
+  5x5/3 -> conv0 1x1 128 -> conv1 5x5 768 -> global average pool -> fc. Its logits come back in train
+  mode only, as `out["aux_logits"] == (aux,)`, like torchvision (timm also returns them in eval mode);
+  `init` creates its parameters in either mode. timm and torchvision need Mixed_6e to be at least 17x17
+  (input >= 299) for it, or conv1 fails; below that we pool Mixed_6e adaptively to 5x5 (PyTorch's
+  `adaptive_avg_pool2d` bins) instead of 5x5/3, so the head keeps its parameters and still trains on
+  small inputs. From 299 up it is the reference's head exactly.
+* `width_multiplier` is TF-slim's `depth_multiplier` (every conv width scaled, at least 16 channels);
+  `padding_mode="tf"` writes the padded ops as TF 'SAME', which for this network is the same numbers.
+
+`model.apply(variables, images, train=..., return_endpoints=False)` returns `(logits, out)`:
+`out["pre_logits"]` is the pooled 2048-d feature vector (before dropout; `num_classes=0` returns it as the
+logits), `out["aux_logits"]` the tuple above, and with `return_endpoints=True` `out` also holds every
+named stage's output, in network order (`Conv2d_1a_3x3` ... `Conv2d_4a_3x3`, `Mixed_5b` ... `Mixed_7c`;
+timm's feature_info taps are Conv2d_2b_3x3, Conv2d_4a_3x3, Mixed_5d, Mixed_6e, Mixed_7c). Images are NHWC,
+normalised with mean = std = 0.5 (see `registry.DataConfig`), at least 75x75.
+
+Design switches (module fields), each an ablation the paper names; the defaults give Inception-v3:
+
+* `factorize_7x7` (Table 3 row "+ Factorized 7x7": "Factorized 7 x 7 includes a change that factorizes the
+  first 7 x 7 convolutional layer into a sequence of 3 x 3 convolutional layers"; section 6: "we have
+  factorized the traditional 7 x 7 convolution into three 3 x 3 convolutions"). In the released graph
+  those three are Conv2d_1a_3x3 (3x3/2, 32), Conv2d_2a_3x3 (3x3, 32) and Conv2d_2b_3x3 (3x3 padded, 64).
+  `False` replaces them by the single "traditional" 7x7/2 conv with 64 filters (GoogLeNet's and
+  BN-Inception's first layer), named `Conv2d_1a_7x7` as TF-slim names that layer in inception_v1/v2.
+  It is unpadded: a 7x7/2 VALID conv gives exactly the three 3x3 convs' output size for every input size
+  (both are floor((n - 3) / 2) - 1) and the same output centres, so everything after it is unchanged.
+* `bn_aux` (Table 3 row "+ BN-auxiliary": "BN-auxiliary refers to the version in which the fully
+  connected layer of the auxiliary classifier is also batch-normalized, not just the convolutions";
+  Figure 8: "Batch normalization [7] of the layers in the side head results in a 0.4% absolute gain in
+  top-1 accuracy"). In the released graph the aux head's fully connected hidden layer is `conv1`, a 5x5
+  VALID conv on the 5x5 pooled map, i.e. a fully connected layer written as a conv; `fc` is the logits
+  layer, which no version normalises. So `bn_aux=False` turns only `conv1` into a biased conv + ReLU
+  without BN, and keeps BN on `conv0`, the genuine 1x1 convolution the paper says was already
+  normalised ("not just the convolutions"). Only meaningful with `aux_logits=True`.
+* `factorize_nxn` (section 3.2, "Spatial Factorization into Asymmetric Convolutions": "one can replace
+  any n x n convolution by a 1 x n convolution followed by a n x 1 convolution ... very good results can
+  be achieved by using 1 x 7 convolutions followed by 7 x 1 convolutions"). `False` replaces each
+  consecutive 1x7/7x1 pair in Mixed_6b-6e (the paper's Figure 6 modules) by one full 7x7 conv with the
+  pair's output width: `branch7x7` becomes 1x1 -> 7x7, `branch7x7dbl` becomes 1x1 -> 7x7 -> 7x7 (the
+  7x7 convs take the names `branch7x7_2`, `branch7x7dbl_2`, `branch7x7dbl_3`). Mixed_7a's 1x7/7x1 pair is
+  a grid-reduction module the paper draws without them (Figure 10) and is left as released.
+* `inception_a_5x5` (the 35x35 modules Mixed_5b-5d). The released graph has a real 5x5 branch (1x1 48 ->
+  5x5 64) next to the double-3x3 branch (1x1 64 -> 3x3 96 -> 3x3 96), while Figure 5 ("Inception modules
+  where each 5 x 5 convolution is replaced by two 3 x 3 convolution") draws 1x1 -> 3x3 in that branch
+  and section 6 calls these "3 traditional inception modules". `"5x5"` is the released graph; `"3x3"` is
+  Figure 5 as drawn (branch5x5_2 becomes a 3x3 conv, 48 -> 64); `"3x3x2"` applies section 3.1's
+  factorisation to the remaining 5x5 (1x1 48 -> 3x3 64 -> 3x3 64, names branch5x5_2 and branch5x5_3;
+  the intermediate width equals the output width, as in the released double-3x3 branch).
+
+`inception_v2` is the paper's intermediate "Inception-v2" (Table 3), of which no code or weights exist.
+Table 3 lists it, then rows adding RMSProp, Label Smoothing, Factorized 7 x 7 and BN-auxiliary (the last
+is Inception-v3), and section 10 says "Each Inception-v2 line shows the result of the cumulative
+changes including the highlighted new modification plus all the earlier ones". We read the architecture
+of the "Inception-v2" row as Inception-v3 before the two architectural rows: `factorize_7x7=False`,
+`bn_aux=False`; RMSProp and label smoothing are training settings (the config's optimizer and
+`label_smoothing`), not the model's. This is an interpretation: section 6, which introduces
+"Inception-v2", already says the 7x7 was factorised, and its Table 1 stem (conv 3x3 80 -> conv 3x3/2 192
+-> conv 3x3 288 before the 35x35 modules) is not the released graph (REFERENCE.md 1, "Paper != released
+model"). We keep the released graph's blocks everywhere else, so v2 and v3 differ only in those two
+switches. The paper's 3.8 vs 4.8 billion ops for v2 vs v3 is not reproduced by this reading (the stem
+change costs about 0.41 GMACs at 299).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from inception_jax.models import layers
+from inception_jax.models.layers import Dtype, PaddingMode
+from inception_jax.models.registry import DataConfig, register_model
+
+MIN_INPUT_SIZE = 75  # below it Mixed_7a has no output (REFERENCE.md 3.5); 74 fails in timm too
+AUX_MIN_GRID = 17  # Mixed_6e side where the reference aux head's 5x5/3 pool yields the 5x5 conv1 needs
+
+ModuleDef = Callable[..., nn.Module]
+InceptionA5x5 = Literal["5x5", "3x3", "3x3x2"]
+
+
+class InceptionA(nn.Module):
+    """35x35 module (Mixed_5b-5d): 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool -> 1x1."""
+
+    pool_features: int
+    conv: ModuleDef
+    count_include_pad: bool = True
+    padding_mode: PaddingMode = "torch"
+    branch5x5: InceptionA5x5 = "5x5"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b1 = conv(64, 1, name="branch1x1")(x, train)
+
+        b5 = conv(48, 1, name="branch5x5_1")(x, train)
+        if self.branch5x5 == "5x5":
+            b5 = conv(64, 5, padding=2, name="branch5x5_2")(b5, train)
+        elif self.branch5x5 == "3x3":
+            b5 = conv(64, 3, padding=1, name="branch5x5_2")(b5, train)
+        elif self.branch5x5 == "3x3x2":
+            b5 = conv(64, 3, padding=1, name="branch5x5_2")(b5, train)
+            b5 = conv(64, 3, padding=1, name="branch5x5_3")(b5, train)
+        else:
+            raise ValueError(f"inception_a_5x5 must be '5x5', '3x3' or '3x3x2', got {self.branch5x5!r}")
+
+        b3 = conv(64, 1, name="branch3x3dbl_1")(x, train)
+        b3 = conv(96, 3, padding=1, name="branch3x3dbl_2")(b3, train)
+        b3 = conv(96, 3, padding=1, name="branch3x3dbl_3")(b3, train)
+
+        bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
+        bp = conv(self.pool_features, 1, name="branch_pool")(bp, train)
+        return layers.concat([b1, b5, b3, bp])
+
+
+class InceptionB(nn.Module):
+    """35 -> 17 grid reduction (Mixed_6a, Figure 10): 3x3/2 | 1x1 -> 3x3 -> 3x3/2 | max pool 3x3/2."""
+
+    conv: ModuleDef
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b3 = conv(384, 3, strides=2, name="branch3x3")(x, train)
+
+        bd = conv(64, 1, name="branch3x3dbl_1")(x, train)
+        bd = conv(96, 3, padding=1, name="branch3x3dbl_2")(bd, train)
+        bd = conv(96, 3, strides=2, name="branch3x3dbl_3")(bd, train)
+
+        bp = layers.max_pool(x, 3, 2, padding_mode=self.padding_mode)
+        return layers.concat([b3, bd, bp])
+
+
+class InceptionC(nn.Module):
+    """17x17 module with factorised 7x7s (Mixed_6b-6e, Figure 6); `factorize_nxn=False` unfactorises."""
+
+    channels_7x7: int
+    conv: ModuleDef
+    count_include_pad: bool = True
+    padding_mode: PaddingMode = "torch"
+    factorize_nxn: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv, c7 = self.conv, self.channels_7x7
+        b1 = conv(192, 1, name="branch1x1")(x, train)
+
+        b7 = conv(c7, 1, name="branch7x7_1")(x, train)
+        bd = conv(c7, 1, name="branch7x7dbl_1")(x, train)
+        if self.factorize_nxn:
+            b7 = conv(c7, (1, 7), padding=(0, 3), name="branch7x7_2")(b7, train)
+            b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7_3")(b7, train)
+            bd = conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_2")(bd, train)
+            bd = conv(c7, (1, 7), padding=(0, 3), name="branch7x7dbl_3")(bd, train)
+            bd = conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd, train)
+            bd = conv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd, train)
+        else:
+            b7 = conv(192, 7, padding=3, name="branch7x7_2")(b7, train)
+            bd = conv(c7, 7, padding=3, name="branch7x7dbl_2")(bd, train)
+            bd = conv(192, 7, padding=3, name="branch7x7dbl_3")(bd, train)
+
+        bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
+        bp = conv(192, 1, name="branch_pool")(bp, train)
+        return layers.concat([b1, b7, bd, bp])
+
+
+class InceptionD(nn.Module):
+    """17 -> 8 grid reduction (Mixed_7a): 1x1 -> 3x3/2 | 1x1 -> 1x7 -> 7x1 -> 3x3/2 | max pool 3x3/2."""
+
+    conv: ModuleDef
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b3 = conv(192, 1, name="branch3x3_1")(x, train)
+        b3 = conv(320, 3, strides=2, name="branch3x3_2")(b3, train)
+
+        b7 = conv(192, 1, name="branch7x7x3_1")(x, train)
+        b7 = conv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7, train)
+        b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7, train)
+        b7 = conv(192, 3, strides=2, name="branch7x7x3_4")(b7, train)
+
+        bp = layers.max_pool(x, 3, 2, padding_mode=self.padding_mode)
+        return layers.concat([b3, b7, bp])
+
+
+class InceptionE(nn.Module):
+    """8x8 module with expanded filter banks (Mixed_7b, 7c; Figure 7): parallel 1x3 and 3x1 outputs."""
+
+    conv: ModuleDef
+    count_include_pad: bool = True
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b1 = conv(320, 1, name="branch1x1")(x, train)
+
+        b3 = conv(384, 1, name="branch3x3_1")(x, train)
+        b3 = layers.concat([
+            conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3, train),
+            conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3, train),
+        ])
+
+        bd = conv(448, 1, name="branch3x3dbl_1")(x, train)
+        bd = conv(384, 3, padding=1, name="branch3x3dbl_2")(bd, train)
+        bd = layers.concat([
+            conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd, train),
+            conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train),
+        ])
+
+        bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
+        bp = conv(192, 1, name="branch_pool")(bp, train)
+        return layers.concat([b1, b3, bd, bp])
+
+
+def adaptive_avg_pool(x, size: int):
+    """PyTorch `adaptive_avg_pool2d(x, size)` on NHWC: bin i spans [floor(i*n/size), ceil((i+1)*n/size))."""
+
+    def pool_axis(x, axis):
+        n = x.shape[axis]
+        bins = []
+        for i in range(size):
+            start, stop = (i * n) // size, -(-((i + 1) * n) // size)
+            window = jax.lax.slice_in_dim(x, start, stop, axis=axis)
+            bins.append(jnp.mean(window.astype(jnp.float32), axis=axis, keepdims=True))
+        return jnp.concatenate(bins, axis=axis)
+
+    return pool_axis(pool_axis(x, 1), 2).astype(x.dtype)
+
+
+class InceptionAux(nn.Module):
+    """Aux classifier on Mixed_6e (Figure 8): avg pool 5x5/3 -> 1x1 128 -> 5x5 768 -> global pool -> fc.
+
+    `bn_aux=False` drops BN from `conv1` (the head's fully connected hidden layer) and gives it a bias;
+    see the module docstring for why `conv0` keeps its BN. Inputs below 17x17 are pooled adaptively.
+    """
+
+    num_classes: int
+    conv: ModuleDef
+    bn_aux: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if min(x.shape[1], x.shape[2]) >= AUX_MIN_GRID:
+            x = layers.avg_pool(x, 5, 3, 0, count_include_pad=True)  # unpadded: the flag has no effect
+        else:  # the reference fails here; keep the head usable on small inputs (module docstring)
+            x = adaptive_avg_pool(x, 5)
+        x = self.conv(128, 1, name="conv0")(x, train)
+        x = self.conv(768, 5, use_bn=self.bn_aux, name="conv1")(x, train)
+        x = layers.global_avg_pool(x)
+        return layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
+
+
+class InceptionV3(nn.Module):
+    """Inception-v3 as timm/torchvision build it, with the Rethinking paper's design switches.
+
+    Returns `(logits, out)`; see the module docstring for `out` and for what each switch does.
+    """
+
+    num_classes: int = 1000
+    aux_logits: bool = False  # timm's default; torchvision's is True (the paper trains with it)
+    dropout_rate: float = 0.5  # torchvision's; timm's default drop_rate is 0
+    avg_pool_count_include_pad: bool = True  # False: TF/Keras/slim average pools
+    factorize_7x7: bool = True
+    bn_aux: bool = True
+    factorize_nxn: bool = True
+    inception_a_5x5: InceptionA5x5 = "5x5"
+    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
+    bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
+    bn_epsilon: float = 1e-3
+    padding_mode: PaddingMode = "torch"  # same numbers here: every padded op is stride 1, odd kernel
+    in_channels: int = 3
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def num_aux_heads(self) -> int:
+        return 1 if self.aux_logits and self.num_classes > 0 else 0
+
+    @property
+    def min_input_size(self) -> int:
+        return MIN_INPUT_SIZE
+
+    def _check_options(self, model: str):
+        if self.inception_a_5x5 not in ("5x5", "3x3", "3x3x2"):
+            raise ValueError(f"{model}: inception_a_5x5 must be '5x5', '3x3' or '3x3x2', got {self.inception_a_5x5!r}")
+        if self.padding_mode not in ("torch", "tf"):
+            raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {self.padding_mode!r}")
+        if self.width_multiplier <= 0:
+            raise ValueError(f"{model}: width_multiplier must be positive, got {self.width_multiplier}")
+        if self.num_classes < 0:
+            raise ValueError(f"{model}: num_classes must be >= 0, got {self.num_classes}")
+
+    def _conv(self):
+        """ConvBN with the network's BN, padding and dtype options bound and widths scaled."""
+        base = functools.partial(layers.ConvBN, padding_mode=self.padding_mode, bn_momentum=self.bn_momentum,
+                                 bn_epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
+
+        def conv(features: int, kernel_size, **kwargs):
+            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
+
+        return conv
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_endpoints: bool = False):
+        model = "inception_v2" if isinstance(self, InceptionV2) else "inception_v3"
+        self._check_options(model)
+        layers.check_input(x, model=model, min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
+        conv, pm = self._conv(), self.padding_mode
+        pools = dict(count_include_pad=self.avg_pool_count_include_pad, padding_mode=pm)
+        out: dict[str, Any] = {}
+
+        def stage(module, x):
+            y = module(x, train)
+            if return_endpoints:
+                out[module.name] = y
+            return y
+
+        if self.factorize_7x7:
+            x = stage(conv(32, 3, strides=2, name="Conv2d_1a_3x3"), x)
+            x = stage(conv(32, 3, name="Conv2d_2a_3x3"), x)
+            x = stage(conv(64, 3, padding=1, name="Conv2d_2b_3x3"), x)
+        else:
+            x = stage(conv(64, 7, strides=2, name="Conv2d_1a_7x7"), x)
+        x = layers.max_pool(x, 3, 2, padding_mode=pm)
+        x = stage(conv(80, 1, name="Conv2d_3b_1x1"), x)
+        x = stage(conv(192, 3, name="Conv2d_4a_3x3"), x)
+        x = layers.max_pool(x, 3, 2, padding_mode=pm)
+
+        for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
+            x = stage(InceptionA(pool_features, conv, branch5x5=self.inception_a_5x5, name=name, **pools), x)
+        x = stage(InceptionB(conv, padding_mode=pm, name="Mixed_6a"), x)
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            x = stage(InceptionC(c7, conv, factorize_nxn=self.factorize_nxn, name=name, **pools), x)
+
+        aux = ()
+        if self.num_aux_heads and (train or self.is_initializing()):
+            head = InceptionAux(self.num_classes, conv, bn_aux=self.bn_aux, dtype=self.dtype,
+                                param_dtype=self.param_dtype, name="AuxLogits")(x, train)
+            aux = (head,) if train else ()
+
+        x = stage(InceptionD(conv, padding_mode=pm, name="Mixed_7a"), x)
+        x = stage(InceptionE(conv, name="Mixed_7b", **pools), x)
+        x = stage(InceptionE(conv, name="Mixed_7c", **pools), x)
+
+        x = out["pre_logits"] = layers.global_avg_pool(x)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.num_classes:
+            x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
+        out["aux_logits"] = aux
+        return x, out
+
+
+class InceptionV2(InceptionV3):
+    """The Rethinking paper's Inception-v2 (Table 3): Inception-v3 before "Factorized 7x7" and
+    "BN-auxiliary". See the module docstring for the interpretation."""
+
+    factorize_7x7: bool = False
+    bn_aux: bool = False
+
+
+@register_model(
+    "inception_v3",
+    data=DataConfig(),
+    description="Inception-v3 (Rethinking, 2015), timm/torchvision layout; 23.8M params (27.2M with aux)",
+    torch_reference="timm inception_v3 (= torchvision inception_v3)",
+)
+def inception_v3(**overrides) -> InceptionV3:
+    return InceptionV3(**overrides)
+
+
+@register_model(
+    "inception_v2",
+    data=DataConfig(),
+    description="Rethinking's intermediate Inception-v2: v3 with an unfactorised 7x7 stem and no BN-auxiliary",
+)
+def inception_v2(**overrides) -> InceptionV2:
+    return InceptionV2(**overrides)
