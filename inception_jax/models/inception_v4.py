@@ -1,0 +1,381 @@
+"""Inception-v4 (Szegedy et al. 2016, "Inception-v4, Inception-ResNet and the Impact of Residual
+Connections on Learning"), layer for layer as timm's `inception_v4` (Cadene's port of TF-slim).
+
+Module names follow timm's state_dict, so `inception_jax.convert.from_torch("inception_v4", ...)` loads
+timm weights by name: the trunk is `features_0` ... `features_21` (timm's `nn.Sequential` `features.N`),
+Sequential branches are `branch1_0`, `branch1_1`, ..., the classifier is `last_linear`. Quirks kept for
+parity (REFERENCE.md 3.1, 3.2):
+
+* every stride-2 conv and pool is unpadded (VALID); every padded op is stride 1 with an odd kernel, so
+  PyTorch's symmetric padding and TF 'SAME' agree and `padding_mode` does not change the network;
+* average pools exclude the padding from the divisor (`count_include_pad=False`, TF semantics);
+* BatchNorm eps 1e-3; no aux head in timm (TF-slim's optional one is `aux_logits=True`, below).
+
+Paper map (Figs. 3-9): `features_0..5` are the stem (Fig. 3; Mixed3a/4a/5a are its three
+concatenations), `features_6..9` Inception-A x4 (Fig. 4), `features_10` Reduction-A (Fig. 7 with
+k, l, m, n = 192, 224, 256, 384), `features_11..17` Inception-B x7 (Fig. 5), `features_18` Reduction-B
+(Fig. 8), `features_19..21` Inception-C x3 (Fig. 6). TF-slim calls them Mixed_5b..e, Mixed_6a, Mixed_6b..h,
+Mixed_7a, Mixed_7b..d.
+
+Options beyond the family's common ones:
+
+* `aux_logits=True`: TF-slim's auxiliary classifier on Mixed_6h (the last Inception-B, `features_17`):
+  avg pool 5x5/3 VALID -> 1x1 conv 128 -> conv 768 whose kernel is the whole remaining map (5x5 at 299)
+  VALID -> flatten -> dense. 3,359,464 parameters at 1000 classes (46,039,280 in all). As in slim the
+  768 kernel follows the input size, so with the head on, init and apply at the same size. Where the
+  17x17 grid is smaller than 5 (inputs below 107 px; 3x3 at 75) the pool window shrinks to the map (slim
+  would fail there; this is the spirit of its `_reduced_kernel_size_for_small_input` for v3's heads).
+* `factorize_nxn=False`: undo the paper's spatial factorisation (Rethinking section 3.2): every
+  sequential 1x7/7x1 pair becomes one 7x7 conv with the pair's output width (Mixed4a branch1,
+  Inception-B branch1 and both pairs of branch2, Reduction-B branch1), Inception-C's sequential 3x1/1x3
+  pair becomes one 3x3 conv, and each of its parallel 1x3 | 3x1 splits becomes one 3x3 conv with both
+  halves' width (512). Block outputs keep their widths. The merged conv takes the first conv's name
+  (`branch1_1`; Inception-C: `branch1_1`, `branch2_1`, `branch2_3`).
+* `dropout_rate` defaults to timm's 0.0; TF-slim and the paper (Fig. 9) train with keep_prob 0.8, which
+  the training configs set (`dropout_rate=0.2`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from inception_jax.models import layers
+from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+
+MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REFERENCE.md 3.5).
+
+
+# --------------------------------------------------------------------------------- shared helpers
+
+
+def nxn_pair(conv, x, train, *, n: int, mid: int, out: int, names: tuple[str, str], row_first: bool,
+             factorize: bool):
+    """A 1xn then nx1 conv (`row_first`) or the reverse; with `factorize=False`, one nxn conv.
+
+    The unfactorised conv has the pair's output width and the first conv's name.
+    """
+    p = n // 2
+    if not factorize:
+        return conv(out, n, padding=p, name=names[0])(x, train)
+    first, first_pad = ((1, n), (0, p)) if row_first else ((n, 1), (p, 0))
+    x = conv(mid, first, padding=first_pad, name=names[0])(x, train)
+    return conv(out, first[::-1], padding=first_pad[::-1], name=names[1])(x, train)
+
+
+def split_1x3_3x1(conv, x, train, *, width: int, names: tuple[str, str], merged: str, factorize: bool):
+    """Inception-C's parallel 1x3 | 3x1 convs, concatenated (v4 paper Fig. 6, "expanded filter bank").
+
+    With `factorize=False`, one 3x3 conv of twice the width, named `merged`.
+    """
+    if not factorize:
+        return conv(2 * width, 3, padding=1, name=merged)(x, train)
+    a = conv(width, (1, 3), padding=(0, 1), name=names[0])(x, train)
+    b = conv(width, (3, 1), padding=(1, 0), name=names[1])(x, train)
+    return layers.concat([a, b])
+
+
+def avg_pool_3x3(x, padding_mode: PaddingMode):
+    """The pool branch's 3x3/1 average, padding excluded from the count (timm v4/IR-v2 = TF 'SAME')."""
+    return layers.avg_pool(x, 3, 1, 1, count_include_pad=False, padding_mode=padding_mode)
+
+
+def max_pool_3x3_s2(x, padding_mode: PaddingMode):
+    return layers.max_pool(x, 3, 2, 0, padding_mode=padding_mode)
+
+
+class SlimAuxHead(nn.Module):
+    """TF-slim's v4 / IR-v2 auxiliary classifier (slim `inception_v4.py`, `inception_resnet_v2.py`).
+
+    avg pool 5x5/3 VALID -> 1x1 conv 128 -> conv 768 with a kernel covering the whole pooled map,
+    VALID -> flatten -> dense. The pool window shrinks to the map when the map is smaller than 5.
+    Children follow torchvision's v3 `AuxLogits` names: `conv0`, `conv1`, `fc`.
+    """
+
+    num_classes: int
+    conv: Any  # ConvBN with the network's options bound
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        window = (min(5, x.shape[1]), min(5, x.shape[2]))
+        x = layers.avg_pool(x, window, 3, 0, count_include_pad=False)
+        x = self.conv(128, 1, name="conv0")(x, train)
+        x = self.conv(768, tuple(x.shape[1:3]), name="conv1")(x, train)
+        x = x.reshape(x.shape[0], -1)
+        return layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
+
+
+def head(module: nn.Module, x, train: bool, out: dict, classifier_name: str):
+    """Global average pool -> `pre_logits` -> dropout -> linear (or the features when num_classes=0)."""
+    x = layers.global_avg_pool(x)
+    out["pre_logits"] = x
+    x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
+    if module.num_classes == 0:
+        return x
+    return layers.classifier(x, module.num_classes, dtype=module.dtype, param_dtype=module.param_dtype,
+                             name=classifier_name)
+
+
+def check_options(module: nn.Module, model: str):
+    if module.padding_mode not in ("torch", "tf"):
+        raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {module.padding_mode!r}")
+    if module.width_multiplier <= 0:
+        raise ValueError(f"{model}: width_multiplier must be positive, got {module.width_multiplier}")
+    if module.num_classes < 0:
+        raise ValueError(f"{model}: num_classes must be >= 0, got {module.num_classes}")
+
+
+def bound_conv(module: nn.Module):
+    """ConvBN with the network's BN, padding and dtype options bound, widths scaled by width_multiplier."""
+    base = functools.partial(ConvBN, padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
+                             bn_epsilon=module.bn_epsilon, dtype=module.dtype, param_dtype=module.param_dtype)
+
+    def conv(features: int, kernel_size, **kwargs):
+        return base(layers.scaled_depth(features, module.width_multiplier), kernel_size, **kwargs)
+
+    return conv
+
+
+# --------------------------------------------------------------------------------------- blocks
+
+
+class Mixed3a(nn.Module):
+    """Stem concat 1 (Fig. 3): maxpool 3x3/2 | conv 3x3/2 96, both VALID."""
+
+    conv: Any
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        pooled = max_pool_3x3_s2(x, self.padding_mode)
+        return layers.concat([pooled, self.conv(96, 3, strides=2, name="conv")(x, train)])
+
+
+class Mixed4a(nn.Module):
+    """Stem concat 2 (Fig. 3): 1x1 64 -> 3x3 96 | 1x1 64 -> 1x7 64 -> 7x1 64 -> 3x3 96 (3x3s VALID)."""
+
+    conv: Any
+    factorize: bool = True
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b0 = conv(64, 1, name="branch0_0")(x, train)
+        b0 = conv(96, 3, name="branch0_1")(b0, train)
+        b1 = conv(64, 1, name="branch1_0")(x, train)
+        b1 = nxn_pair(conv, b1, train, n=7, mid=64, out=64, names=("branch1_1", "branch1_2"), row_first=True,
+                      factorize=self.factorize)
+        b1 = conv(96, 3, name="branch1_3")(b1, train)
+        return layers.concat([b0, b1])
+
+
+class Mixed5a(nn.Module):
+    """Stem concat 3 (Fig. 3): conv 3x3/2 192 | maxpool 3x3/2, both VALID."""
+
+    conv: Any
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return layers.concat([self.conv(192, 3, strides=2, name="conv")(x, train),
+                              max_pool_3x3_s2(x, self.padding_mode)])
+
+
+class InceptionA(nn.Module):
+    """35x35 Inception-A (Fig. 4): 1x1 96 | 1x1 64 -> 3x3 96 | 1x1 64 -> 3x3 96 -> 3x3 96 | avg -> 1x1 96."""
+
+    conv: Any
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b0 = conv(96, 1, name="branch0")(x, train)
+        b1 = conv(64, 1, name="branch1_0")(x, train)
+        b1 = conv(96, 3, padding=1, name="branch1_1")(b1, train)
+        b2 = conv(64, 1, name="branch2_0")(x, train)
+        b2 = conv(96, 3, padding=1, name="branch2_1")(b2, train)
+        b2 = conv(96, 3, padding=1, name="branch2_2")(b2, train)
+        b3 = conv(96, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        return layers.concat([b0, b1, b2, b3])
+
+
+class ReductionA(nn.Module):
+    """35 -> 17 reduction (Fig. 7): 3x3/2 n | 1x1 k -> 3x3 l -> 3x3/2 m | maxpool 3x3/2.
+
+    v4 uses k, l, m, n = 192, 224, 256, 384; Inception-ResNet-v1 192, 192, 256, 384 and IR-v2
+    256, 256, 384, 384 (paper Table 1), which reuse this block as `mixed_6a`.
+    """
+
+    k: int
+    l: int  # noqa: E741 (the paper's name)
+    m: int
+    n: int
+    conv: Any
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b0 = conv(self.n, 3, strides=2, name="branch0")(x, train)
+        b1 = conv(self.k, 1, name="branch1_0")(x, train)
+        b1 = conv(self.l, 3, padding=1, name="branch1_1")(b1, train)
+        b1 = conv(self.m, 3, strides=2, name="branch1_2")(b1, train)
+        return layers.concat([b0, b1, max_pool_3x3_s2(x, self.padding_mode)])
+
+
+class InceptionB(nn.Module):
+    """17x17 Inception-B (Fig. 5): 1x1 384 | 1x1 192 -> 1x7 224 -> 7x1 256 |
+    1x1 192 -> 7x1 192 -> 1x7 224 -> 7x1 224 -> 1x7 256 | avg -> 1x1 128."""
+
+    conv: Any
+    factorize: bool = True
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv, f = self.conv, self.factorize
+        b0 = conv(384, 1, name="branch0")(x, train)
+        b1 = conv(192, 1, name="branch1_0")(x, train)
+        b1 = nxn_pair(conv, b1, train, n=7, mid=224, out=256, names=("branch1_1", "branch1_2"), row_first=True,
+                      factorize=f)
+        b2 = conv(192, 1, name="branch2_0")(x, train)
+        b2 = nxn_pair(conv, b2, train, n=7, mid=192, out=224, names=("branch2_1", "branch2_2"), row_first=False,
+                      factorize=f)
+        b2 = nxn_pair(conv, b2, train, n=7, mid=224, out=256, names=("branch2_3", "branch2_4"), row_first=False,
+                      factorize=f)
+        b3 = conv(128, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        return layers.concat([b0, b1, b2, b3])
+
+
+class ReductionB(nn.Module):
+    """17 -> 8 reduction (Fig. 8): 1x1 192 -> 3x3/2 192 | 1x1 256 -> 1x7 256 -> 7x1 320 -> 3x3/2 320 |
+    maxpool 3x3/2."""
+
+    conv: Any
+    factorize: bool = True
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv = self.conv
+        b0 = conv(192, 1, name="branch0_0")(x, train)
+        b0 = conv(192, 3, strides=2, name="branch0_1")(b0, train)
+        b1 = conv(256, 1, name="branch1_0")(x, train)
+        b1 = nxn_pair(conv, b1, train, n=7, mid=256, out=320, names=("branch1_1", "branch1_2"), row_first=True,
+                      factorize=self.factorize)
+        b1 = conv(320, 3, strides=2, name="branch1_3")(b1, train)
+        return layers.concat([b0, b1, max_pool_3x3_s2(x, self.padding_mode)])
+
+
+class InceptionC(nn.Module):
+    """8x8 Inception-C (Fig. 6): 1x1 256 | 1x1 384 -> (1x3 256 | 3x1 256) |
+    1x1 384 -> 3x1 448 -> 1x3 512 -> (1x3 256 | 3x1 256) | avg -> 1x1 256."""
+
+    conv: Any
+    factorize: bool = True
+    padding_mode: PaddingMode = "torch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        conv, f = self.conv, self.factorize
+        b0 = conv(256, 1, name="branch0")(x, train)
+        b1 = conv(384, 1, name="branch1_0")(x, train)
+        b1 = split_1x3_3x1(conv, b1, train, width=256, names=("branch1_1a", "branch1_1b"), merged="branch1_1",
+                           factorize=f)
+        b2 = conv(384, 1, name="branch2_0")(x, train)
+        b2 = nxn_pair(conv, b2, train, n=3, mid=448, out=512, names=("branch2_1", "branch2_2"), row_first=False,
+                      factorize=f)
+        b2 = split_1x3_3x1(conv, b2, train, width=256, names=("branch2_3a", "branch2_3b"), merged="branch2_3",
+                           factorize=f)
+        b3 = conv(256, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        return layers.concat([b0, b1, b2, b3])
+
+
+# ---------------------------------------------------------------------------------------- model
+
+_AUX_AFTER = "features_17"  # Mixed_6h, the last Inception-B
+
+
+class InceptionV4(nn.Module):
+    """Inception-v4 (timm `inception_v4` by default; see the module docstring).
+
+    `model.apply(variables, images, train=...)` takes NHWC images normalised with mean = std = 0.5 and
+    returns `(logits, out)`: `out["pre_logits"]` is the pooled 1536-d feature vector (before dropout),
+    `out["aux_logits"]` a tuple with the aux head's logits in train mode (empty in eval mode or when
+    `aux_logits=False`). With `return_endpoints=True`, `out` also holds every stage's output, in
+    network order, named after its module: `features_0` ... `features_21` (timm's feature_info taps are
+    `features_2` (stride 2), `features_3` (4), `features_9` (8), `features_17` (16), `features_21` (32)).
+    """
+
+    num_classes: int = 1000
+    aux_logits: bool = False
+    dropout_rate: float = 0.0  # timm's default; TF-slim trains with keep_prob 0.8
+    factorize_nxn: bool = True
+    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
+    bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
+    bn_epsilon: float = 1e-3
+    padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
+    in_channels: int = 3
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def num_aux_heads(self) -> int:
+        return 1 if self.aux_logits and self.num_classes > 0 else 0
+
+    @property
+    def min_input_size(self) -> int:
+        return MIN_INPUT_SIZE
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_endpoints: bool = False):
+        check_options(self, "inception_v4")
+        layers.check_input(x, model="inception_v4", min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
+        conv, pm, f = bound_conv(self), self.padding_mode, self.factorize_nxn
+        trunk = [  # timm's `features` Sequential
+            conv(32, 3, strides=2, name="features_0"),  # stem (Fig. 3)
+            conv(32, 3, name="features_1"),
+            conv(64, 3, padding=1, name="features_2"),
+            Mixed3a(conv, pm, name="features_3"),
+            Mixed4a(conv, f, name="features_4"),
+            Mixed5a(conv, pm, name="features_5"),
+            *(InceptionA(conv, pm, name=f"features_{i}") for i in range(6, 10)),  # Mixed_5b..e
+            ReductionA(192, 224, 256, 384, conv, pm, name="features_10"),  # Mixed_6a
+            *(InceptionB(conv, f, pm, name=f"features_{i}") for i in range(11, 18)),  # Mixed_6b..h
+            ReductionB(conv, f, pm, name="features_18"),  # Mixed_7a
+            *(InceptionC(conv, f, pm, name=f"features_{i}") for i in range(19, 22)),  # Mixed_7b..d
+        ]
+        out: dict[str, Any] = {}
+        aux = []
+        for module in trunk:
+            x = module(x, train)
+            if return_endpoints:
+                out[module.name] = x
+            if module.name == _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):
+                logits = SlimAuxHead(self.num_classes, conv, self.dtype, self.param_dtype, name="AuxLogits")(x, train)
+                if train:
+                    aux.append(logits)
+        logits = head(self, x, train, out, "last_linear")
+        out["aux_logits"] = tuple(aux)
+        return logits, out
+
+
+@register_model(
+    "inception_v4",
+    data=DataConfig(input_size=299, min_input_size=MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bicubic",
+                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    description="Inception-v4 (timm inception_v4, the TF-slim port)",
+    torch_reference="timm inception_v4",
+)
+def inception_v4(**overrides) -> InceptionV4:
+    return InceptionV4(**overrides)
+
+
+__all__ = ["InceptionV4", "SlimAuxHead", "ReductionA", "inception_v4"]
