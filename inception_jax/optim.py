@@ -7,7 +7,6 @@ clipping at 2.0, Polyak averaging); the config fields it reads are listed in eac
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax

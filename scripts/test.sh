@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
-exec .venv/bin/python -m pytest -n 2 --dist loadfile -q "$@"
+exec .venv/bin/python -m pytest -n 2 --dist load -q "$@"

@@ -12,7 +12,7 @@ import pytest
 
 import inception_jax as ij
 from inception_jax.models import googlenet as gn
-from inception_jax.models import profile
+from inception_jax.models import layers, profile
 
 # torchvision's own numbers (GoogLeNet_Weights meta; REFERENCE.md 1).
 PARAMS = 6_624_904
@@ -125,7 +125,7 @@ def test_adaptive_avg_pool_matches_pytorch():
     for size in (14, 7, 6, 5, 3, 1):
         x = images(1, size)[..., :2]
         theirs = rm.torch.nn.functional.adaptive_avg_pool2d(rm.nchw(x), 4).numpy().transpose(0, 2, 3, 1)
-        np.testing.assert_allclose(gn.adaptive_avg_pool(jnp.asarray(x), 4), theirs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(layers.adaptive_avg_pool(jnp.asarray(x), 4), theirs, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------- sizes and counts

@@ -317,7 +317,7 @@ def test_inception_v2_runs_at_299():
 def test_adaptive_pool_matches_torch_and_aux_only_in_train_mode():
     # The adaptive pool used below 299 against torch's, on awkward sizes (7 -> 5 and 9 -> 5, overlapping bins).
     x = np.random.default_rng(7).standard_normal((2, 7, 9, 3)).astype(np.float32)
-    ours = v3_module.adaptive_avg_pool(jnp.asarray(x), 5)
+    ours = layers.adaptive_avg_pool(jnp.asarray(x), 5)
     ref = F.adaptive_avg_pool2d(nchw(x), 5).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
 

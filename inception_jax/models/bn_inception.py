@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from inception_jax.models import layers
-from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # Stride-1 modules: 1x1, (3x3 reduce, 3x3), (double-3x3 reduce, double 3x3), pool, pool projection.
@@ -81,14 +81,15 @@ class Branch(nn.Module):
     """One branch of a module: an optional 3x3/1 pool, then convs named by their slim scopes."""
 
     convs: Sequence[ConvSpec]
-    conv: Any  # BNInception._conv(): ConvBN with the network's options bound and widths scaled
+    conv: Any  # layers.bound_conv(): ConvBN with the network's options bound and widths scaled
     pool: str | None = None  # "avg" | "max" | None
     padding_mode: PaddingMode = "tf"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         if self.pool == "avg":
-            x = layers.avg_pool(x, 3, 1, 1, count_include_pad=False, padding_mode=self.padding_mode)
+            x = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
         elif self.pool == "max":
             x = layers.max_pool(x, 3, 1, 1, padding_mode=self.padding_mode)
         for name, features, kernel, stride in self.convs:
@@ -107,10 +108,12 @@ class InceptionModule(nn.Module):
     conv: Any
     factorize_5x5: bool = True
     padding_mode: PaddingMode = "tf"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode)
+        branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode,
+                                   count_include_pad=self.count_include_pad)
         (red3, ch3), (red5, ch5) = self.ch3x3, self.double3x3
         return layers.concat([
             branch((("Conv2d_0a_1x1", self.ch1x1, 1, 1),), name="Branch_0")(x, train),
@@ -213,6 +216,7 @@ class BNInception(nn.Module):
     bn_momentum: float = 0.9  # Flax convention (PyTorch's 0.1); slim trains with 0.9997
     bn_epsilon: float = 1e-3
     padding_mode: PaddingMode = "tf"
+    avg_pool_count_include_pad: bool = False  # slim (TF 'SAME') excludes padding from the count
     in_channels: int = 3
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -220,30 +224,11 @@ class BNInception(nn.Module):
     num_aux_heads = 0
     min_input_size = _MIN_INPUT_SIZE
 
-    def _check_options(self):
-        if self.padding_mode not in ("torch", "tf"):
-            raise ValueError(f"bn_inception: padding_mode must be 'tf' or 'torch', got {self.padding_mode!r}")
-        if self.width_multiplier <= 0:
-            raise ValueError(f"bn_inception: width_multiplier must be positive, got {self.width_multiplier}")
-        if self.num_classes < 0:
-            raise ValueError(f"bn_inception: num_classes must be >= 0, got {self.num_classes}")
-
-    def _conv(self):
-        """ConvBN with the network's options bound and widths scaled."""
-        base = functools.partial(ConvBN, padding_mode=self.padding_mode, bn_momentum=self.bn_momentum,
-                                 bn_epsilon=self.bn_epsilon, bn_use_scale=self.bn_use_scale, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-
-        def conv(features: int, kernel_size, **kwargs):
-            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
-
-        return conv
-
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
-        self._check_options()
+        layers.check_common_options(self, "bn_inception")
         layers.check_input(x, model="bn_inception", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)
-        conv, pm = self._conv(), self.padding_mode
+        conv, pm = layers.bound_conv(self, bn_use_scale=self.bn_use_scale), self.padding_mode
         out: dict[str, Any] = {}
 
         def stage(module, x):
@@ -267,7 +252,8 @@ class BNInception(nn.Module):
                                         padding_mode=pm, name=name)
             else:
                 block = InceptionModule(*_INCEPTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
-                                        padding_mode=pm, name=name)
+                                        padding_mode=pm, count_include_pad=self.avg_pool_count_include_pad,
+                                        name=name)
             x = stage(block, x)
 
         logits, out["pre_logits"] = Logits(self.num_classes, self.dropout_rate, dtype=self.dtype,

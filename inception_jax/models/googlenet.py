@@ -40,11 +40,10 @@ import functools
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from inception_jax.models import layers
-from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj), paper Table 1 = torchvision.
@@ -65,25 +64,6 @@ _AUX_AFTER = ("inception4a", "inception4d")  # aux1, aux2: paper Sec. 5, torchvi
 _MIN_INPUT_SIZE = 15  # torchvision's `min_size`: at 14, maxpool3 gets a 1x1 map and has no output.
 
 
-def adaptive_avg_pool(x: jax.Array, output_size: int) -> jax.Array:
-    """PyTorch's `adaptive_avg_pool2d` on NHWC input, for any input size.
-
-    Output cell i along an axis of length n averages rows [floor(i*n/o), ceil((i+1)*n/o)): windows
-    vary in size and may overlap (14 -> 4 uses [0,4) [3,7) [7,11) [10,14)). Averaging rows, then
-    columns, equals the 2-D window mean because every 2-D window is a rectangle.
-    """
-
-    def pool_axis(v, axis):
-        n = v.shape[axis]
-        cells = []
-        for i in range(output_size):
-            start, end = (i * n) // output_size, -(-((i + 1) * n) // output_size)
-            cells.append(jnp.mean(jax.lax.slice_in_dim(v, start, end, axis=axis), axis=axis, keepdims=True))
-        return jnp.concatenate(cells, axis=axis)
-
-    return pool_axis(pool_axis(x.astype(jnp.float32), 1), 2).astype(x.dtype)
-
-
 class Inception(nn.Module):
     """One Inception module (paper Fig. 2): 1x1 | 1x1-3x3 | 1x1-kxk | maxpool 3x3/1-1x1, concatenated.
 
@@ -98,7 +78,7 @@ class Inception(nn.Module):
     ch5x5red: int
     ch5x5: int
     pool_proj: int
-    conv: Any  # GoogLeNet._conv(): ConvBN with the network's options bound and widths scaled
+    conv: Any  # layers.bound_conv(): ConvBN with the network's options bound and widths scaled
     branch3_kernel: int = 3
     naive: bool = False
     padding_mode: PaddingMode = "torch"
@@ -139,7 +119,7 @@ class InceptionAux(nn.Module):
     def __call__(self, x, train: bool = False):
         dense = functools.partial(nn.Dense, kernel_init=layers.dense_init, dtype=self.dtype,
                                   param_dtype=self.param_dtype)
-        x = adaptive_avg_pool(x, 4)
+        x = layers.adaptive_avg_pool(x, 4)
         x = self.conv(128, 1, name="conv")(x, train)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(dense(1024, name="fc1")(x))
@@ -189,25 +169,9 @@ class GoogLeNet(nn.Module):
     def _check_options(self):
         if self.norm not in ("batchnorm", "lrn"):
             raise ValueError(f"googlenet: norm must be 'batchnorm' or 'lrn', got {self.norm!r}")
-        if self.padding_mode not in ("torch", "tf"):
-            raise ValueError(f"googlenet: padding_mode must be 'torch' or 'tf', got {self.padding_mode!r}")
         if self.branch3_kernel < 1 or self.branch3_kernel % 2 == 0:
             raise ValueError(f"googlenet: branch3_kernel must be odd (3 or 5), got {self.branch3_kernel}")
-        if self.width_multiplier <= 0:
-            raise ValueError(f"googlenet: width_multiplier must be positive, got {self.width_multiplier}")
-        if self.num_classes < 0:
-            raise ValueError(f"googlenet: num_classes must be >= 0, got {self.num_classes}")
-
-    def _conv(self):
-        """ConvBN (or a biased conv for `norm="lrn"`) with the network's options bound, widths scaled."""
-        base = functools.partial(ConvBN, use_bn=self.norm == "batchnorm", padding_mode=self.padding_mode,
-                                 bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon, dtype=self.dtype,
-                                 param_dtype=self.param_dtype)
-
-        def conv(features: int, kernel_size, **kwargs):
-            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
-
-        return conv
+        layers.check_common_options(self, "googlenet")
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
@@ -216,7 +180,7 @@ class GoogLeNet(nn.Module):
         # data config (registry min_input_size) true for every option.
         layers.check_input(x, model="googlenet", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)
         lrn = self.norm == "lrn"
-        conv = self._conv()
+        conv = layers.bound_conv(self, use_bn=self.norm == "batchnorm")
         max_pool = functools.partial(layers.max_pool, ceil_mode=True, padding_mode=self.padding_mode)
         out: dict[str, Any] = {}
 

@@ -53,9 +53,6 @@ from inception_jax.models.inception_v4 import (
     ReductionA,
     SlimAuxHead,
     avg_pool_3x3,
-    bound_conv,
-    check_options,
-    head,
     max_pool_3x3_s2,
     nxn_pair,
 )
@@ -160,6 +157,7 @@ class Mixed5b(nn.Module):
 
     conv: Any
     padding_mode: PaddingMode = "torch"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -170,7 +168,7 @@ class Mixed5b(nn.Module):
         b2 = conv(64, 1, name="branch2_0")(x, train)
         b2 = conv(96, 3, padding=1, name="branch2_1")(b2, train)
         b2 = conv(96, 3, padding=1, name="branch2_2")(b2, train)
-        b3 = conv(64, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        b3 = conv(64, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
 
@@ -209,6 +207,7 @@ class _InceptionResNet(nn.Module):
     dropout_rate: float = 0.0
     residual_scales: tuple[float, float, float] = RESIDUAL_SCALES
     factorize_nxn: bool = True
+    avg_pool_count_include_pad: bool = False  # timm/TF exclude padding; True counts it (PyTorch default)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16); the trunk widths follow
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
@@ -226,7 +225,7 @@ class _InceptionResNet(nn.Module):
         return MIN_INPUT_SIZE
 
     def _check(self, x, model: str):
-        check_options(self, model)
+        layers.check_common_options(self, model)
         if len(self.residual_scales) != 3:
             raise ValueError(f"{model}: residual_scales takes 3 floats (35x35, 17x17, 8x8 blocks), "
                              f"got {self.residual_scales!r}")
@@ -275,7 +274,7 @@ class InceptionResNetV2(_InceptionResNet):
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v2")
-        conv, pm, f = bound_conv(self), self.padding_mode, self.factorize_nxn
+        conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
@@ -284,7 +283,7 @@ class InceptionResNetV2(_InceptionResNet):
 
         x = self._stem(conv, x, train, endpoint)
         x = max_pool_3x3_s2(x, pm)  # maxpool_5a
-        x = endpoint("mixed_5b", Mixed5b(conv, pm, name="mixed_5b")(x, train))
+        x = endpoint("mixed_5b", Mixed5b(conv, pm, self.avg_pool_count_include_pad, name="mixed_5b")(x, train))
         for i in range(10):
             x = Block35((32, 32, 32, 32, 48, 64), s35, conv, **dt, name=f"repeat_{i}")(x, train)
         x = endpoint("repeat", x)
@@ -299,7 +298,7 @@ class InceptionResNetV2(_InceptionResNet):
         x = endpoint("repeat_2", x)
         x = endpoint("block8", Block8((192, 192, 224, 256), 1.0, conv, False, f, **dt, name="block8")(x, train))
         x = endpoint("conv2d_7b", conv(1536, 1, name="conv2d_7b")(x, train))
-        logits = head(self, x, train, out, "classif")
+        logits = layers.classifier_head(self, x, train, out, "classif")
         out["aux_logits"] = tuple(aux)
         return logits, out
 
@@ -317,7 +316,7 @@ class InceptionResNetV1(_InceptionResNet):
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v1")
-        conv, pm, f = bound_conv(self), self.padding_mode, self.factorize_nxn
+        conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
@@ -338,7 +337,7 @@ class InceptionResNetV1(_InceptionResNet):
         for i in range(5):
             x = Block8((192,) * 4, s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
         x = endpoint("repeat_2", x)
-        logits = head(self, x, train, out, "classif")
+        logits = layers.classifier_head(self, x, train, out, "classif")
         out["aux_logits"] = tuple(aux)
         return logits, out
 

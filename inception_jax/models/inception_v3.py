@@ -79,11 +79,9 @@ change costs about 0.41 GMACs at 299).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Literal
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from inception_jax.models import layers
@@ -234,21 +232,6 @@ class InceptionE(nn.Module):
         return layers.concat([b1, b3, bd, bp])
 
 
-def adaptive_avg_pool(x, size: int):
-    """PyTorch `adaptive_avg_pool2d(x, size)` on NHWC: bin i spans [floor(i*n/size), ceil((i+1)*n/size))."""
-
-    def pool_axis(x, axis):
-        n = x.shape[axis]
-        bins = []
-        for i in range(size):
-            start, stop = (i * n) // size, -(-((i + 1) * n) // size)
-            window = jax.lax.slice_in_dim(x, start, stop, axis=axis)
-            bins.append(jnp.mean(window.astype(jnp.float32), axis=axis, keepdims=True))
-        return jnp.concatenate(bins, axis=axis)
-
-    return pool_axis(pool_axis(x, 1), 2).astype(x.dtype)
-
-
 class InceptionAux(nn.Module):
     """Aux classifier on Mixed_6e (Figure 8): avg pool 5x5/3 -> 1x1 128 -> 5x5 768 -> global pool -> fc.
 
@@ -267,7 +250,7 @@ class InceptionAux(nn.Module):
         if min(x.shape[1], x.shape[2]) >= AUX_MIN_GRID:
             x = layers.avg_pool(x, 5, 3, 0, count_include_pad=True)  # unpadded: the flag has no effect
         else:  # the reference fails here; keep the head usable on small inputs (module docstring)
-            x = adaptive_avg_pool(x, 5)
+            x = layers.adaptive_avg_pool(x, 5)
         x = self.conv(128, 1, name="conv0")(x, train)
         x = self.conv(768, 5, use_bn=self.bn_aux, name="conv1")(x, train)
         x = layers.global_avg_pool(x)
@@ -307,29 +290,14 @@ class InceptionV3(nn.Module):
     def _check_options(self, model: str):
         if self.inception_a_5x5 not in ("5x5", "3x3", "3x3x2"):
             raise ValueError(f"{model}: inception_a_5x5 must be '5x5', '3x3' or '3x3x2', got {self.inception_a_5x5!r}")
-        if self.padding_mode not in ("torch", "tf"):
-            raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {self.padding_mode!r}")
-        if self.width_multiplier <= 0:
-            raise ValueError(f"{model}: width_multiplier must be positive, got {self.width_multiplier}")
-        if self.num_classes < 0:
-            raise ValueError(f"{model}: num_classes must be >= 0, got {self.num_classes}")
-
-    def _conv(self):
-        """ConvBN with the network's BN, padding and dtype options bound and widths scaled."""
-        base = functools.partial(layers.ConvBN, padding_mode=self.padding_mode, bn_momentum=self.bn_momentum,
-                                 bn_epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype)
-
-        def conv(features: int, kernel_size, **kwargs):
-            return base(layers.scaled_depth(features, self.width_multiplier), kernel_size, **kwargs)
-
-        return conv
+        layers.check_common_options(self, model)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         model = "inception_v2" if isinstance(self, InceptionV2) else "inception_v3"
         self._check_options(model)
         layers.check_input(x, model=model, min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
-        conv, pm = self._conv(), self.padding_mode
+        conv, pm = layers.bound_conv(self), self.padding_mode
         pools = dict(count_include_pad=self.avg_pool_count_include_pad, padding_mode=pm)
         out: dict[str, Any] = {}
 

@@ -37,14 +37,13 @@ Options beyond the family's common ones:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from inception_jax.models import layers
-from inception_jax.models.layers import ConvBN, Dtype, PaddingMode
+from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REFERENCE.md 3.5).
@@ -79,9 +78,9 @@ def split_1x3_3x1(conv, x, train, *, width: int, names: tuple[str, str], merged:
     return layers.concat([a, b])
 
 
-def avg_pool_3x3(x, padding_mode: PaddingMode):
-    """The pool branch's 3x3/1 average, padding excluded from the count (timm v4/IR-v2 = TF 'SAME')."""
-    return layers.avg_pool(x, 3, 1, 1, count_include_pad=False, padding_mode=padding_mode)
+def avg_pool_3x3(x, padding_mode: PaddingMode, count_include_pad: bool = False):
+    """The pool branch's 3x3/1 average; timm v4/IR-v2 (= TF 'SAME') exclude the padding from the count."""
+    return layers.avg_pool(x, 3, 1, 1, count_include_pad=count_include_pad, padding_mode=padding_mode)
 
 
 def max_pool_3x3_s2(x, padding_mode: PaddingMode):
@@ -109,37 +108,6 @@ class SlimAuxHead(nn.Module):
         x = self.conv(768, tuple(x.shape[1:3]), name="conv1")(x, train)
         x = x.reshape(x.shape[0], -1)
         return layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")
-
-
-def head(module: nn.Module, x, train: bool, out: dict, classifier_name: str):
-    """Global average pool -> `pre_logits` -> dropout -> linear (or the features when num_classes=0)."""
-    x = layers.global_avg_pool(x)
-    out["pre_logits"] = x
-    x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
-    if module.num_classes == 0:
-        return x
-    return layers.classifier(x, module.num_classes, dtype=module.dtype, param_dtype=module.param_dtype,
-                             name=classifier_name)
-
-
-def check_options(module: nn.Module, model: str):
-    if module.padding_mode not in ("torch", "tf"):
-        raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {module.padding_mode!r}")
-    if module.width_multiplier <= 0:
-        raise ValueError(f"{model}: width_multiplier must be positive, got {module.width_multiplier}")
-    if module.num_classes < 0:
-        raise ValueError(f"{model}: num_classes must be >= 0, got {module.num_classes}")
-
-
-def bound_conv(module: nn.Module):
-    """ConvBN with the network's BN, padding and dtype options bound, widths scaled by width_multiplier."""
-    base = functools.partial(ConvBN, padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
-                             bn_epsilon=module.bn_epsilon, dtype=module.dtype, param_dtype=module.param_dtype)
-
-    def conv(features: int, kernel_size, **kwargs):
-        return base(layers.scaled_depth(features, module.width_multiplier), kernel_size, **kwargs)
-
-    return conv
 
 
 # --------------------------------------------------------------------------------------- blocks
@@ -192,6 +160,7 @@ class InceptionA(nn.Module):
 
     conv: Any
     padding_mode: PaddingMode = "torch"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -202,7 +171,7 @@ class InceptionA(nn.Module):
         b2 = conv(64, 1, name="branch2_0")(x, train)
         b2 = conv(96, 3, padding=1, name="branch2_1")(b2, train)
         b2 = conv(96, 3, padding=1, name="branch2_2")(b2, train)
-        b3 = conv(96, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        b3 = conv(96, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
 
@@ -237,6 +206,7 @@ class InceptionB(nn.Module):
     conv: Any
     factorize: bool = True
     padding_mode: PaddingMode = "torch"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -250,7 +220,7 @@ class InceptionB(nn.Module):
                       factorize=f)
         b2 = nxn_pair(conv, b2, train, n=7, mid=224, out=256, names=("branch2_3", "branch2_4"), row_first=False,
                       factorize=f)
-        b3 = conv(128, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        b3 = conv(128, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
 
@@ -281,6 +251,7 @@ class InceptionC(nn.Module):
     conv: Any
     factorize: bool = True
     padding_mode: PaddingMode = "torch"
+    count_include_pad: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -294,7 +265,7 @@ class InceptionC(nn.Module):
                       factorize=f)
         b2 = split_1x3_3x1(conv, b2, train, width=256, names=("branch2_3a", "branch2_3b"), merged="branch2_3",
                            factorize=f)
-        b3 = conv(256, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode), train)
+        b3 = conv(256, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
 
@@ -318,6 +289,7 @@ class InceptionV4(nn.Module):
     aux_logits: bool = False
     dropout_rate: float = 0.0  # timm's default; TF-slim trains with keep_prob 0.8
     factorize_nxn: bool = True
+    avg_pool_count_include_pad: bool = False  # timm/TF exclude padding; True counts it (PyTorch default)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
@@ -336,9 +308,10 @@ class InceptionV4(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
-        check_options(self, "inception_v4")
+        layers.check_common_options(self, "inception_v4")
         layers.check_input(x, model="inception_v4", min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
-        conv, pm, f = bound_conv(self), self.padding_mode, self.factorize_nxn
+        conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
+        cip = self.avg_pool_count_include_pad
         trunk = [  # timm's `features` Sequential
             conv(32, 3, strides=2, name="features_0"),  # stem (Fig. 3)
             conv(32, 3, name="features_1"),
@@ -346,11 +319,11 @@ class InceptionV4(nn.Module):
             Mixed3a(conv, pm, name="features_3"),
             Mixed4a(conv, f, name="features_4"),
             Mixed5a(conv, pm, name="features_5"),
-            *(InceptionA(conv, pm, name=f"features_{i}") for i in range(6, 10)),  # Mixed_5b..e
+            *(InceptionA(conv, pm, cip, name=f"features_{i}") for i in range(6, 10)),  # Mixed_5b..e
             ReductionA(192, 224, 256, 384, conv, pm, name="features_10"),  # Mixed_6a
-            *(InceptionB(conv, f, pm, name=f"features_{i}") for i in range(11, 18)),  # Mixed_6b..h
+            *(InceptionB(conv, f, pm, cip, name=f"features_{i}") for i in range(11, 18)),  # Mixed_6b..h
             ReductionB(conv, f, pm, name="features_18"),  # Mixed_7a
-            *(InceptionC(conv, f, pm, name=f"features_{i}") for i in range(19, 22)),  # Mixed_7b..d
+            *(InceptionC(conv, f, pm, cip, name=f"features_{i}") for i in range(19, 22)),  # Mixed_7b..d
         ]
         out: dict[str, Any] = {}
         aux = []
@@ -362,7 +335,7 @@ class InceptionV4(nn.Module):
                 logits = SlimAuxHead(self.num_classes, conv, self.dtype, self.param_dtype, name="AuxLogits")(x, train)
                 if train:
                     aux.append(logits)
-        logits = head(self, x, train, out, "last_linear")
+        logits = layers.classifier_head(self, x, train, out, "last_linear")
         out["aux_logits"] = tuple(aux)
         return logits, out
 

@@ -13,6 +13,7 @@ Conventions every model file follows (so one generic converter can load timm/tor
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Literal, Sequence
 
@@ -154,8 +155,8 @@ def avg_pool(
 
 
 def global_avg_pool(x):
-    """Mean over H and W, computed in float32 so bf16 models pool without precision loss."""
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+    """Mean over H and W, computed in (at least) float32 so bf16 models pool without precision loss."""
+    return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2)).astype(x.dtype)
 
 
 def local_response_norm(x, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
@@ -211,3 +212,55 @@ def concat(branches: Sequence[jax.Array]):
 
 
 Act = Callable[[jax.Array], jax.Array]
+
+
+def adaptive_avg_pool(x, output_size: int):
+    """PyTorch's `adaptive_avg_pool2d(x, output_size)` on NHWC input, for any input size.
+
+    Output cell i along an axis of length n averages [floor(i*n/o), ceil((i+1)*n/o)): windows vary in
+    size and may overlap (14 -> 4 uses [0,4) [3,7) [7,11) [10,14)). Pooling rows, then columns, equals
+    the 2-D window mean because every window is a rectangle.
+    """
+
+    def pool_axis(v, axis):
+        n = v.shape[axis]
+        cells = []
+        for i in range(output_size):
+            start, end = (i * n) // output_size, -(-((i + 1) * n) // output_size)
+            cells.append(jnp.mean(jax.lax.slice_in_dim(v, start, end, axis=axis), axis=axis, keepdims=True))
+        return jnp.concatenate(cells, axis=axis)
+
+    return pool_axis(pool_axis(x.astype(jnp.promote_types(x.dtype, jnp.float32)), 1), 2).astype(x.dtype)
+
+
+def check_common_options(module: nn.Module, model: str) -> None:
+    """The options every variant shares, checked before any layer is built."""
+    if module.padding_mode not in ("torch", "tf"):
+        raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {module.padding_mode!r}")
+    if module.width_multiplier <= 0:
+        raise ValueError(f"{model}: width_multiplier must be positive, got {module.width_multiplier}")
+    if module.num_classes < 0:
+        raise ValueError(f"{model}: num_classes must be >= 0 (0 = no classifier), got {module.num_classes}")
+
+
+def bound_conv(module: nn.Module, **fixed):
+    """`conv(features, kernel, ...)`: a ConvBN with the network's padding, BN and dtype options bound and
+    its width scaled by `width_multiplier` (slim's depth_multiplier). `fixed` adds family options."""
+    base = functools.partial(ConvBN, padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
+                             bn_epsilon=module.bn_epsilon, dtype=module.dtype, param_dtype=module.param_dtype,
+                             **fixed)
+
+    def conv(features: int, kernel_size, **kwargs):
+        return base(scaled_depth(features, module.width_multiplier), kernel_size, **kwargs)
+
+    return conv
+
+
+def classifier_head(module: nn.Module, x, train: bool, out: dict, name: str):
+    """Global average pool -> `out["pre_logits"]` -> dropout -> linear; the features when num_classes=0."""
+    x = global_avg_pool(x)
+    out["pre_logits"] = x
+    x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
+    if module.num_classes == 0:
+        return x
+    return classifier(x, module.num_classes, dtype=module.dtype, param_dtype=module.param_dtype, name=name)

@@ -1,0 +1,252 @@
+"""Contract, registry, report and numerics tests that apply to every variant.
+
+Per-family parity against timm/torchvision lives in the family test files; here every registered
+model is held to the shared contract and to the reference parameter counts and GMACs (REFERENCE.md 1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import inception_jax
+from inception_jax.models import profile
+from inception_jax.models.__main__ import main as report_main
+
+ALL_MODELS = [
+    "bn_inception",
+    "googlenet",
+    "inception_resnet_v1",
+    "inception_resnet_v2",
+    "inception_v2",
+    "inception_v3",
+    "inception_v4",
+]
+
+# (params without aux, params with aux, GMACs at the default size): REFERENCE.md section 1.
+# Aux totals for v4 / IR-v2 are REFERENCE.md's computed TF-slim-head numbers; bn_inception and
+# IR-v1 have no aux head in any reference.
+REFERENCE_COUNTS = {
+    "googlenet": (6_624_904, 13_004_888, 1.498),
+    "inception_v3": (23_834_568, 27_161_264, 5.713),
+    "inception_v4": (42_679_816, 46_039_280, 12.254),
+    "inception_resnet_v2": (55_843_464, 59_211_120, 13.156),
+    "inception_resnet_v1": (22_756_328, None, 6.206),
+    "bn_inception": (11_188_288, None, 1.935),
+}
+
+
+def test_every_variant_is_registered():
+    assert inception_jax.list_models() == ALL_MODELS
+
+
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"Unknown model name 'inception_v33'.*Did you mean 'inception_v3'"):
+        inception_jax.create_model("inception_v33")
+
+
+def test_unknown_option_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown option 'dropout'.*Did you mean 'dropout_rate'"):
+        inception_jax.create_model("inception_v3", dropout=0.1)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_common_options_exist_everywhere(name):
+    options = inception_jax.model_options(name)
+    for field in ("num_classes", "in_channels", "dropout_rate", "aux_logits", "width_multiplier",
+                  "bn_momentum", "bn_epsilon", "padding_mode", "dtype", "param_dtype"):
+        assert field in options, f"{name} lacks option {field}"
+
+
+def test_data_configs_follow_the_references():
+    v3 = inception_jax.data_config("inception_v3")
+    assert (v3.input_size, v3.min_input_size, v3.crop_pct, v3.interpolation) == (299, 75, 0.875, "bicubic")
+    assert v3.mean == v3.std == (0.5, 0.5, 0.5)
+    assert inception_jax.data_config("inception_resnet_v2").crop_pct == 0.8975  # timm's default cfg
+    g = inception_jax.data_config("googlenet")
+    assert (g.input_size, g.min_input_size) == (224, 15)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
+def test_parameter_counts_and_gmacs_match_the_references(name):
+    params, params_aux, gmacs = REFERENCE_COUNTS[name]
+    size = inception_jax.data_config(name).input_size
+    model = inception_jax.create_model(name)
+    variables = profile.abstract_variables(model, size)
+    assert profile.count_params(variables["params"]) == params
+    macs = profile.count_macs(model, variables, size) / 1e9
+    assert macs == pytest.approx(gmacs, rel=0.01)
+    if params_aux is not None:
+        with_aux = inception_jax.create_model(name, aux_logits=True)
+        assert profile.count_params(profile.abstract_variables(with_aux, size)["params"]) == params_aux
+
+
+def test_mac_counter_against_a_hand_computed_conv_and_dense():
+    import flax.linen as nn
+
+    class Tiny(nn.Module):
+        in_channels: int = 3
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            x = nn.Conv(8, (3, 3), strides=(2, 2), padding="VALID")(x)  # 9x9x3 -> 4x4x8
+            x = nn.Conv(8, (3, 3), feature_group_count=8, padding="SAME")(x)  # depthwise
+            return nn.Dense(5)(x.reshape(x.shape[0], -1)), {}
+
+    model = Tiny()
+    variables = profile.abstract_variables(model, 9)
+    # 4*4*8 outputs x 27 taps; depthwise 4*4*8 x 9; dense 128 x 5.
+    assert profile.count_macs(model, variables, 9) == 16 * 8 * 27 + 16 * 8 * 9 + 128 * 5
+
+
+def test_report_prints_every_variant_as_json(capsys):
+    assert report_main(["--json", "--models", "googlenet", "inception_v3"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in rows] == ["googlenet", "inception_v3"]
+    assert rows[0]["params"] == 6_624_904 and rows[0]["params_with_aux"] == 13_004_888
+    assert rows[1]["gmacs"] == pytest.approx(5.713, rel=0.01)
+    assert (rows[1]["input_size"], rows[1]["min_input_size"]) == (299, 75)
+
+
+def test_report_rejects_unknown_models():
+    with pytest.raises(ValueError, match="Did you mean 'googlenet'"):
+        report_main(["--models", "googlenett"])
+
+
+# --- The call contract, at small sizes so every variant runs quickly ------------------------------
+
+def _small(name, **overrides):
+    min_size = inception_jax.data_config(name).min_input_size
+    model = inception_jax.create_model(name, width_multiplier=0.25, num_classes=7, **overrides)
+    return model, max(min_size, 75)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_same_return_type_in_train_and_eval(name):
+    model, size = _small(name, aux_logits=True)
+    x = jnp.ones((2, size, size, 3), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    logits, out = model.apply(variables, x, train=False)
+    assert logits.shape == (2, 7)
+    assert out["aux_logits"] == ()
+    assert out["pre_logits"].ndim == 2 and out["pre_logits"].shape[0] == 2
+    (t_logits, t_out), updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.key(1)})
+    assert t_logits.shape == (2, 7)
+    assert isinstance(t_out["aux_logits"], tuple)
+    for aux in t_out["aux_logits"]:
+        assert aux.shape == (2, 7)
+    assert set(t_out) >= {"pre_logits", "aux_logits"}
+    if "batch_stats" in variables:
+        assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_endpoints_are_named_nhwc_stages(name):
+    model, size = _small(name)
+    x = jnp.ones((1, size, size, 3), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    _, out = model.apply(variables, x, return_endpoints=True)
+    stages = [k for k in out if k not in ("pre_logits", "aux_logits")]
+    assert len(stages) >= 4, stages
+    for k in stages:
+        assert out[k].ndim == 4 and out[k].shape[0] == 1, k
+    # Spatial size never grows along the network.
+    sides = [out[k].shape[1] for k in stages]
+    assert sides == sorted(sides, reverse=True)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_num_classes_zero_returns_features(name):
+    model, size = _small(name)
+    model = model.clone(num_classes=0)
+    x = jnp.ones((1, size, size, 3), jnp.float32)
+    logits, out = model.apply(model.init(jax.random.key(0), x), x)
+    np.testing.assert_array_equal(logits, out["pre_logits"])
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_bad_inputs_get_clear_errors(name):
+    model = inception_jax.create_model(name)
+    min_size = inception_jax.data_config(name).min_input_size
+    variables = profile.abstract_variables(model, max(min_size, 75))
+    too_small = jnp.zeros((1, min_size - 1, min_size - 1, 3))
+    with pytest.raises(ValueError, match=rf"minimum size {min_size}x{min_size}"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, too_small)
+    with pytest.raises(ValueError, match="NHWC"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((3, 299, 299)))
+    with pytest.raises(ValueError, match="channels"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((1, 3, 299, 299)))
+    with pytest.raises(TypeError, match="floating-point"):
+        jax.eval_shape(lambda v, x: model.apply(v, x), variables, jnp.zeros((1, 299, 299, 3), jnp.uint8))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_minimum_size_runs(name):
+    model = inception_jax.create_model(name, width_multiplier=0.25)
+    size = inception_jax.data_config(name).min_input_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = profile.abstract_variables(model, size)
+    logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
+    assert logits.shape == (1, 1000)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_width_multiplier_scales_parameters(name):
+    """slim's depth_multiplier: conv channels scale, so conv weights shrink roughly quadratically."""
+    size = inception_jax.data_config(name).input_size
+    full = profile.count_params(profile.abstract_variables(inception_jax.create_model(name, num_classes=0), size)["params"])
+    half = profile.count_params(
+        profile.abstract_variables(inception_jax.create_model(name, num_classes=0, width_multiplier=0.5), size)["params"])
+    assert 0.2 * full < half < 0.35 * full
+
+
+# bf16 compute: the documented tolerance (README "Numerics"): logits within 5% of the fp32 logits' scale.
+BF16_TOLERANCE = 0.05
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_bf16_forward_tracks_fp32(name):
+    size = 107
+    model32 = inception_jax.create_model(name, width_multiplier=0.5)
+    model16 = inception_jax.create_model(name, width_multiplier=0.5, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    variables = model32.init(jax.random.key(1), x)
+    # Give BN realistic statistics: one train-mode pass on this batch.
+    _, updates = model32.apply(variables, x, train=True, mutable=["batch_stats"],
+                               rngs={"dropout": jax.random.key(2)})
+    variables = {**variables, **updates}
+    ref, _ = jax.jit(lambda v, x: model32.apply(v, x))(variables, x)
+    low, out = jax.jit(lambda v, x: model16.apply(v, x))(variables, x)
+    assert low.dtype == jnp.bfloat16
+    scale = float(jnp.abs(ref).max())
+    err = float(jnp.abs(low.astype(jnp.float32) - ref).max())
+    assert scale > 0.1
+    assert err <= BF16_TOLERANCE * scale, f"bf16 error {err:.3g} vs scale {scale:.3g}"
+
+
+def test_avg_pool_padding_semantics_against_hand_computed_corner():
+    """REFERENCE.md 3.2: on all-ones input a 3x3/1 p1 corner averages 4/9 counting pads, 1 excluding them."""
+    from inception_jax.models import layers
+
+    x = jnp.ones((1, 5, 5, 1))
+    incl = layers.avg_pool(x, 3, 1, 1, count_include_pad=True)
+    excl = layers.avg_pool(x, 3, 1, 1, count_include_pad=False)
+    assert float(incl[0, 0, 0, 0]) == pytest.approx(4 / 9) and float(incl[0, 0, 1, 0]) == pytest.approx(6 / 9)
+    assert float(excl[0, 0, 0, 0]) == pytest.approx(1.0) and float(incl[0, 2, 2, 0]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if n != "googlenet"])
+def test_avg_pool_semantics_is_a_switch_on_every_padded_pool_family(name):
+    default = inception_jax.model_options(name)["avg_pool_count_include_pad"]
+    x = jax.random.normal(jax.random.key(0), (1, 75, 75, 3))
+    a = inception_jax.create_model(name, width_multiplier=0.25, avg_pool_count_include_pad=default)
+    b = inception_jax.create_model(name, width_multiplier=0.25, avg_pool_count_include_pad=not default)
+    variables = a.init(jax.random.key(1), x)
+    la, _ = a.apply(variables, x)
+    lb, _ = b.apply(variables, x)
+    assert float(jnp.abs(la - lb).max()) > 1e-4 * float(jnp.abs(la).max())

@@ -1,0 +1,264 @@
+"""End-to-end trainer tests on 8 fake CPU devices (conftest sets them up).
+
+Every config trains and evaluates under `tfds.testing.mock_data`; resume is bitwise; per-device and
+global BatchNorm statistics match hand-computed numbers; eval counts a ragged split exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from inception_jax import metrics as metrics_lib, parallel, train, validation  # noqa: E402
+from inception_jax.config_base import base_config  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+VARIANT_CONFIGS = ["googlenet", "bn_inception", "inception_v2", "inception_v3", "inception_v4",
+                   "inception_resnet_v1", "inception_resnet_v2"]
+
+
+def load_config(name: str, arg: str | None = None):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(CONFIG_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_eight_fake_devices():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("name", VARIANT_CONFIGS)
+def test_every_config_trains_two_steps_and_evaluates(name, tmp_path):
+    config = load_config(name, "runlocal")
+    config.total_steps = 2
+    config.num_epochs = 0.0
+    config.checkpoint_every_steps = 2
+    config.log_every_steps = 1
+    config.progress_bar = False
+    config.dataset.name = "imagenet2012"
+    config.input.image_size = 75 if name != "googlenet" else 32
+    config.model.width_multiplier = 0.125
+    config.model.num_classes = 1000
+    with tfds.testing.mock_data(num_examples=12):
+        train.train_and_evaluate(config, str(tmp_path))
+    records = metrics_lib.read_metrics(str(tmp_path))
+    train_records = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2]
+    assert all(np.isfinite(r["train/loss"]) and r["train/loss"] > 0 for r in train_records)
+    if config.aux_loss_weights:
+        assert all(f"train/loss_aux_{i}" in train_records[0] for i in range(len(config.aux_loss_weights)))
+    final = records[-1]
+    assert final["step"] == 2 and final["eval/examples"] == 12
+    assert 0.0 <= final["eval/top1"] <= final["eval/top5"] <= 1.0
+    assert os.path.exists(tmp_path / "config.json")
+    assert os.listdir(tmp_path / "tensorboard")
+    assert os.path.isdir(tmp_path / "checkpoints" / "2")
+
+
+def _digits_config(data_dir, **overrides):
+    c = load_config("digits")
+    c.dataset.data_dir = data_dir
+    c.total_steps = 4
+    c.num_epochs = 0.0
+    c.log_every_steps = 1
+    c.eval_every_steps = 1000
+    c.checkpoint_every_steps = 1
+    c.progress_bar = False
+    c.batch_size = 16
+    c.eval_batch_size = 64
+    c.model.width_multiplier = 0.125
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def _leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
+
+
+def test_resume_is_bitwise_identical(tmp_path, monkeypatch):
+    """4 steps straight == 2 steps + SIGTERM + restart + 2 steps: parameters and metrics, bitwise."""
+    data_dir = str(tmp_path / "tfds")
+    straight = train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "a"))
+
+    # Preempt the second run the way a cluster does: SIGTERM arrives while step 2 is being fed.
+    real_global_batch = parallel.global_batch
+    fed = []
+
+    def sigterm_on_second_batch(local, mesh):
+        fed.append(1)
+        if len(fed) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real_global_batch(local, mesh)
+
+    handler_before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(parallel, "global_batch", sigterm_on_second_batch)
+    train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "b"))
+    monkeypatch.setattr(parallel, "global_batch", real_global_batch)
+    assert max(r["step"] for r in metrics_lib.read_metrics(str(tmp_path / "b"))) == 2
+    assert signal.getsignal(signal.SIGTERM) == handler_before, "the handler must be restored"
+
+    resumed = train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "b"))
+    for a, b in zip(_leaves(straight), _leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]
+    assert strip(metrics_lib.read_metrics(str(tmp_path / "a"))) == strip(metrics_lib.read_metrics(str(tmp_path / "b")))
+
+
+# --- BatchNorm statistics: global batch vs per device, against numpy -----------------------------
+
+class _OneBN(nn.Module):
+    in_channels: int = 3
+    num_classes: int = 2
+
+    @nn.compact
+    def __call__(self, x, train=False, return_endpoints=False):
+        h = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-3, name="bn")(x)
+        feats = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(feats), {"pre_logits": feats, "aux_logits": ()}
+
+
+@pytest.mark.parametrize("mode", ["global", "per_device"])
+def test_batchnorm_statistics_global_vs_per_device(mode):
+    import optax
+
+    mesh = parallel.make_mesh()
+    n_dev = mesh.devices.size
+    rng = np.random.default_rng(0)
+    # Each device's slice gets a different offset, so per-device and global variances differ.
+    x = rng.normal(size=(2 * n_dev, 4, 4, 3)).astype(np.float32)
+    x += np.repeat(np.arange(n_dev, dtype=np.float32), 2)[:, None, None, None]
+    labels = (np.arange(2 * n_dev) % 2).astype(np.int32)
+
+    config = validation.validated(_tiny_config(mode))
+    model = _OneBN()
+    tx = optax.sgd(0.0)
+    state = train.init_state(model, tx, config, 4, jax.random.key(0))
+    state = jax.device_put(state, parallel.replicated(mesh))
+    step = train.make_train_step(model, tx, lambda s: 0.0, config, 2, mesh)
+    batch = parallel.global_batch({"image": x, "label": labels}, mesh)
+    new_state, _ = step(state, batch, jax.random.key(1))
+    got = jax.device_get(new_state.batch_stats["bn"])
+
+    if mode == "global":
+        mean = x.mean(axis=(0, 1, 2))
+        var = x.var(axis=(0, 1, 2))
+    else:  # statistics per device, then the running averages are averaged across devices
+        shards = x.reshape(n_dev, 2, 4, 4, 3)
+        mean = shards.mean(axis=(1, 2, 3)).mean(0)
+        var = shards.var(axis=(1, 2, 3)).mean(0)
+    np.testing.assert_allclose(got["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["var"], 0.9 + 0.1 * var, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_config(mode):
+    c = base_config()
+    c.model.name = "googlenet"
+    c.total_steps = 1
+    c.bn_statistics = mode
+    c.optimizer.weight_decay = 0.0
+    return c
+
+
+def test_eval_counts_a_ragged_split_exactly(tmp_path):
+    config = load_config("googlenet", "runlocal")
+    config.dataset.name = "imagenet2012"
+    config.input.image_size = 32
+    config.model.width_multiplier = 0.125
+    config.eval_only = True
+    config.eval_batch_size = 8
+    config.progress_bar = False
+    with tfds.testing.mock_data(num_examples=13):
+        train.train_and_evaluate(config, str(tmp_path))
+    # eval_only prints, and writes nothing to metrics; evaluate directly for the count.
+    with tfds.testing.mock_data(num_examples=13):
+        config.eval_only = False
+        config.total_steps = 1
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    final = metrics_lib.read_metrics(str(tmp_path / "run"))[-1]
+    assert final["eval/examples"] == 13
+
+
+def test_config_json_is_written(tmp_path):
+    c = _digits_config(str(tmp_path / "tfds"))
+    c.total_steps = 1
+    train.train_and_evaluate(c, str(tmp_path / "w"))
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved["model"]["name"] == c.model.name and saved["total_steps"] == 1
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypatch):
+    from inception_jax import losses
+
+    real_total_loss = losses.total_loss
+
+    def poisoned(*args, **kwargs):  # every step's loss becomes NaN (traced into the jitted step)
+        loss, parts = real_total_loss(*args, **kwargs)
+        return loss * jnp.nan, parts
+
+    c = _digits_config(str(tmp_path / "tfds"))
+    c.checkpoint_every_steps = 1
+    monkeypatch.setattr(losses, "total_loss", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match=r"NaN or Inf at step 1; the last good checkpoint is none"):
+        train.train_and_evaluate(c, str(tmp_path / "w"))
+
+    c.on_nonfinite = "skip"
+    state = train.train_and_evaluate(c, str(tmp_path / "skip"))
+    assert int(state.nonfinite_skips) == 4
+    assert all(np.isfinite(x).all() for x in _leaves(state))
+    records = [r for r in metrics_lib.read_metrics(str(tmp_path / "skip")) if "train/nonfinite_skips" in r]
+    assert records[-1]["train/nonfinite_skips"] == 4
+
+
+def test_init_from_reinitialises_only_the_classifier(tmp_path):
+    donor = train.train_and_evaluate(_digits_config(str(tmp_path / "tfds"), total_steps=1), str(tmp_path / "donor"))
+    c = load_config("googlenet", "runlocal")
+    c.dataset.name = "imagenet2012"
+    c.input.image_size = 32
+    c.model.width_multiplier = 0.125
+    c.model.aux_logits = False
+    c.model.dropout_rate = 0.0
+    c.aux_loss_weights = ()
+    c.schedule.base_learning_rate = 1e-9
+    c.total_steps = 1
+    c.progress_bar = False
+    c.init_from = str(tmp_path / "donor")
+    with tfds.testing.mock_data(num_examples=8):
+        state = train.train_and_evaluate(c, str(tmp_path / "finetune"))
+    ours, theirs = jax.device_get(state.params), jax.device_get(donor.params)
+    assert ours["fc"]["kernel"].shape[-1] == 1000 and theirs["fc"]["kernel"].shape[-1] == 10
+    np.testing.assert_allclose(ours["conv1"]["conv"]["kernel"], theirs["conv1"]["conv"]["kernel"], atol=1e-6)
+
+
+def test_checkpoint_restores_onto_another_device_count(tmp_path):
+    import optax
+
+    from inception_jax import checkpoint as ckpt_lib
+
+    config = validation.validated(_tiny_config("global"))
+    model, tx = _OneBN(), optax.sgd(0.1)
+    eight = parallel.make_mesh()
+    state = jax.device_put(train.init_state(model, tx, config, 4, jax.random.key(0)), parallel.replicated(eight))
+    saver = ckpt_lib.Checkpointer(str(tmp_path))
+    saver.save(3, state, {"step": 3})
+    saver.close()
+
+    two = parallel.make_mesh(jax.devices()[:2])
+    abstract = jax.eval_shape(lambda: train.init_state(model, tx, config, 4, jax.random.key(0)))
+    target = ckpt_lib.abstract_like(abstract, jax.tree.map(lambda _: parallel.replicated(two), abstract))
+    step, restored, meta = ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(target)
+    assert step == 3 and meta == {"step": 3}
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        assert a.sharding.mesh.devices.size == 2
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
