@@ -8,8 +8,10 @@ Every process takes part in every save and restore (multi-host orbax needs all o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import zlib
 
 import jax
 import numpy as np
@@ -31,6 +33,28 @@ def host_copy(tree):
     return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); earlier checkpoints are untouched."""
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint's contents do not match the digest recorded when it was saved."""
+
+
+def state_digest(host_tree) -> str:
+    """CRC-32 over every leaf's path, dtype, shape and bytes, in tree order.
+
+    Stored in the checkpoint's metadata at save time and checked on restore, so a garbled array file
+    is caught even where the storage format itself has no checksum.
+    """
+    crc = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(host_tree)[0]:
+        a = np.ascontiguousarray(leaf)
+        crc = zlib.crc32(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode(), crc)
+        crc = zlib.crc32(a.view(np.uint8).reshape(-1) if a.size else b"", crc)
+    return f"crc32:{crc:08x}"
+
+
 def abstract_like(tree, shardings):
     """`ShapeDtypeStruct`s carrying the target shardings: what orbax restores onto (any device count)."""
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -48,11 +72,37 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # a save torn by a kill leaves a tmp dir; never read it
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.skipped: list[int] = []  # steps restore_latest found unreadable, newest first
+        self._failed = False
 
     def save(self, step: int, state, meta: dict, *, force: bool = False) -> bool:
-        """Starts an asynchronous save of the (replicated) state; returns once it is copied to host."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(host_copy(state)), meta=ocp.args.JsonSave(meta))
-        return self.manager.save(int(step), args=args, force=force)
+        """Starts an asynchronous save of the (replicated) state; returns once it is copied to host.
+
+        A failure of this or of the previous (asynchronous) save raises `CheckpointWriteError`.
+        """
+        host = host_copy(state)
+        meta = {**meta, "digest": state_digest(host)}
+        args = ocp.args.Composite(state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta))
+        with self._reporting_write_errors(step):
+            return self.manager.save(int(step), args=args, force=force)
+
+    @contextlib.contextmanager
+    def _reporting_write_errors(self, step: int | None):
+        try:
+            yield
+        except Exception as e:
+            if isinstance(e, CheckpointWriteError):
+                raise
+            self._failed = True
+            which = f"at step {step} " if step is not None else ""
+            try:
+                kept = [s for s in self.manager.all_steps() if s != step]
+            except Exception:  # the directory itself may be unreadable
+                kept = []
+            raise CheckpointWriteError(
+                f"writing a checkpoint {which}to {self.directory} failed ({type(e).__name__}: "
+                f"{_first_line(e)}); the earlier checkpoints (steps {kept}) are intact. Free disk space or "
+                "fix the directory's permissions, then re-run the same command to resume.") from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -65,19 +115,46 @@ class Checkpointer:
                     step,
                     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
                 )
+                meta = dict(restored["meta"])
+                _check_digest(restored["state"], meta)
             except Exception as e:  # orbax raises many types for torn/garbled files
                 log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
-                            step, self.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                            step, self.directory, type(e).__name__, _first_line(e))
+                self.skipped.append(step)
                 continue
-            return step, restored["state"], dict(restored["meta"])
+            return step, restored["state"], meta
         return None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the pending save is on disk; raises `CheckpointWriteError` if it failed."""
+        with self._reporting_write_errors(None):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for the pending save and releases the manager (a failure is raised once, not twice)."""
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:
+                if not self._failed:
+                    raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _check_digest(state, meta: dict) -> None:
+    expected = meta.get("digest")
+    if expected is None:  # written before digests existed: nothing to compare
+        return
+    actual = state_digest(jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state))
+    if actual != expected:
+        raise CorruptCheckpointError(f"contents digest {actual} differs from the {expected} recorded at save time")
 
 
 def load_init_variables(path: str) -> dict:

@@ -79,8 +79,8 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> optax.
     if warmup_steps >= total_steps:
         raise ValueError(
             f"config.schedule.warmup_epochs={sched.get('warmup_epochs')!r} is {warmup_steps} steps, "
-            f"not fewer than the {total_steps} total steps"
-        )
+            f"not fewer than the {total_steps} total steps; shorten it (e.g. --config.schedule.warmup_epochs=0) "
+            "or train longer")
 
     if name == "constant":
         main = optax.constant_schedule(base)

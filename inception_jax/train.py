@@ -230,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     config = validation.validated(config)
     workdir = os.path.abspath(workdir)
     validation.check_workdir(workdir)
+    validation.check_resume(config, workdir)
     try:
         info = pipeline.dataset_info(config)  # unknown/unprepared datasets fail here, in seconds
     except (ValueError, FileNotFoundError) as e:
@@ -239,8 +240,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     parallel.initialize_distributed()
     mesh = parallel.make_mesh()
     is_main = jax.process_index() == 0
-    local_bs = parallel.local_batch_size(config.batch_size, mesh)
-    local_eval_bs = parallel.local_batch_size(config.eval_batch_size, mesh, field="config.eval_batch_size")
+    try:
+        local_bs = parallel.local_batch_size(config.batch_size, mesh)
+        local_eval_bs = parallel.local_batch_size(config.eval_batch_size, mesh, field="config.eval_batch_size")
+    except ValueError as e:
+        raise validation.ConfigError(str(e)) from None
 
     # 3. Model, durations, optimizer.
     image_size = validation.image_size(config)

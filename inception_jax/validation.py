@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tempfile
 
@@ -147,3 +148,23 @@ def check_workdir(workdir: str) -> None:
     except OSError as e:
         raise ConfigError(f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a writable "
                           "directory.") from None
+
+
+def check_resume(config, workdir: str) -> None:
+    """A workdir with checkpoints resumes from them, so an `init_from` it did not start from would be
+    silently ignored: refuse that instead. The same `init_from` (a restarted fine-tuning job) is fine."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not config.init_from or not os.path.isdir(ckpt_dir):
+        return
+    if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
+        return
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            started_from = json.load(f).get("init_from")
+    except (OSError, ValueError):
+        started_from = None
+    if started_from != config.init_from:
+        raise ConfigError(
+            f"config.init_from={config.init_from!r} conflicts with the checkpoints already in {ckpt_dir} "
+            f"(that run started from {started_from!r}), which a restart resumes from. Use a new --workdir "
+            "to start from init_from, or drop --config.init_from to resume.")

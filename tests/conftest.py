@@ -1,5 +1,15 @@
 import os
+import tempfile
 
 # Eight fake CPU devices for the data-parallel tests; set before JAX initialises its backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Many tests build the same programs (every `train_and_evaluate` call re-traces its steps); JAX's
+# persistent compilation cache, shared by the xdist workers and the subprocess runs, compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "inception_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long end-to-end tests (`@pytest.mark.slow`) first, so xdist workers finish together."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

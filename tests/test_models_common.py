@@ -125,48 +125,57 @@ def _small(name, **overrides):
     return model, max(min_size, 75)
 
 
+def _small(name):
+    """A quarter-width variant with aux heads, its abstract variables and an abstract batch.
+
+    The contract is about shapes, types and structure, so these tests trace (`jax.eval_shape`) and
+    never compile; the family tests compare values against the references.
+    """
+    size = max(inception_jax.data_config(name).min_input_size, 75)
+    model = inception_jax.create_model(name, width_multiplier=0.25, num_classes=7, aux_logits=True)
+    return model, profile.abstract_variables(model, size), jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+
+
+AUX_HEADS = {"googlenet": 2, "inception_v2": 1, "inception_v3": 1, "inception_v4": 1,
+             "inception_resnet_v1": 1, "inception_resnet_v2": 1, "bn_inception": 0}
+
+
 @pytest.mark.parametrize("name", ALL_MODELS)
-def test_same_return_type_in_train_and_eval(name):
-    model, size = _small(name, aux_logits=True)
-    x = jnp.ones((2, size, size, 3), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
-    logits, out = model.apply(variables, x, train=False)
+def test_call_contract(name):
+    """Same return type in train and eval; named NHWC endpoints; num_classes=0 returns features."""
+    model, variables, x = _small(name)
+    order = []  # insertion order, seen while tracing (a pytree dict coming out of a transform is sorted)
+
+    def forward(v, x):
+        logits, out = model.apply(v, x, train=False, return_endpoints=True)
+        order.extend(out)
+        return logits, out
+
+    logits, out = jax.eval_shape(forward, variables, x)
     assert logits.shape == (2, 7)
     assert out["aux_logits"] == ()
     assert out["pre_logits"].ndim == 2 and out["pre_logits"].shape[0] == 2
-    (t_logits, t_out), updates = model.apply(variables, x, train=True, mutable=["batch_stats"],
-                                             rngs={"dropout": jax.random.key(1)})
-    assert t_logits.shape == (2, 7)
-    assert isinstance(t_out["aux_logits"], tuple)
-    for aux in t_out["aux_logits"]:
-        assert aux.shape == (2, 7)
-    assert set(t_out) >= {"pre_logits", "aux_logits"}
-    if "batch_stats" in variables:
-        assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
-
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_endpoints_are_named_nhwc_stages(name):
-    model, size = _small(name)
-    x = jnp.ones((1, size, size, 3), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
-    _, out = model.apply(variables, x, return_endpoints=True)
-    stages = [k for k in out if k not in ("pre_logits", "aux_logits")]
+    stages = [k for k in order if k not in ("pre_logits", "aux_logits")]
     assert len(stages) >= 4, stages
     for k in stages:
-        assert out[k].ndim == 4 and out[k].shape[0] == 1, k
-    # Spatial size never grows along the network.
+        assert out[k].ndim == 4 and out[k].shape[0] == 2, k
     sides = [out[k].shape[1] for k in stages]
-    assert sides == sorted(sides, reverse=True)
+    assert sides == sorted(sides, reverse=True), f"spatial size grows along the network: {dict(zip(stages, sides))}"
 
+    (t_logits, t_out), updates = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}),
+        variables, x)
+    assert t_logits.shape == (2, 7)
+    assert isinstance(t_out["aux_logits"], tuple) and len(t_out["aux_logits"]) == AUX_HEADS[name]
+    for aux in t_out["aux_logits"]:
+        assert aux.shape == (2, 7)
+    assert set(t_out) == {"pre_logits", "aux_logits"}, "endpoints only when asked for"
+    assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_num_classes_zero_returns_features(name):
-    model, size = _small(name)
-    model = model.clone(num_classes=0)
-    x = jnp.ones((1, size, size, 3), jnp.float32)
-    logits, out = model.apply(model.init(jax.random.key(0), x), x)
-    np.testing.assert_array_equal(logits, out["pre_logits"])
+    headless = model.clone(num_classes=0)
+    features, f_out = jax.eval_shape(lambda v, x: headless.apply(v, x), variables, x)  # the classifier goes unused
+    assert features.shape == f_out["pre_logits"].shape == out["pre_logits"].shape
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -209,7 +218,8 @@ def test_width_multiplier_scales_parameters(name):
 BF16_TOLERANCE = 0.05
 
 
-@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["inception_v3"])
 def test_bf16_forward_tracks_fp32(name):
     size = 107
     model32 = inception_jax.create_model(name, width_multiplier=0.5)
@@ -242,11 +252,13 @@ def test_avg_pool_padding_semantics_against_hand_computed_corner():
 
 @pytest.mark.parametrize("name", [n for n in ALL_MODELS if n != "googlenet"])
 def test_avg_pool_semantics_is_a_switch_on_every_padded_pool_family(name):
+    """The switch reaches the model's padded pools: the traced computation changes (its effect on
+    values is the hand-computed check above). GoogLeNet has no padded average pool."""
+    model, variables, x = _small(name)
     default = inception_jax.model_options(name)["avg_pool_count_include_pad"]
-    x = jax.random.normal(jax.random.key(0), (1, 75, 75, 3))
-    a = inception_jax.create_model(name, width_multiplier=0.25, avg_pool_count_include_pad=default)
-    b = inception_jax.create_model(name, width_multiplier=0.25, avg_pool_count_include_pad=not default)
-    variables = a.init(jax.random.key(1), x)
-    la, _ = a.apply(variables, x)
-    lb, _ = b.apply(variables, x)
-    assert float(jnp.abs(la - lb).max()) > 1e-4 * float(jnp.abs(la).max())
+    traced = lambda m: str(jax.make_jaxpr(lambda v, x: m.apply(v, x))(variables, x))
+    flipped = traced(model.clone(avg_pool_count_include_pad=not default))
+    if name == "inception_resnet_v1":  # no padded average pool anywhere (paper Figs. 14-19)
+        assert traced(model) == flipped
+    else:
+        assert traced(model) != flipped

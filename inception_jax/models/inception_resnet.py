@@ -207,7 +207,9 @@ class _InceptionResNet(nn.Module):
     dropout_rate: float = 0.0
     residual_scales: tuple[float, float, float] = RESIDUAL_SCALES
     factorize_nxn: bool = True
-    avg_pool_count_include_pad: bool = False  # timm/TF exclude padding; True counts it (PyTorch default)
+    # timm/TF exclude padding; True counts it (PyTorch default). Only IR-v2's Mixed_5b has a padded
+    # average pool: IR-v1 has none, so there the switch changes nothing.
+    avg_pool_count_include_pad: bool = False
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16); the trunk widths follow
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
