@@ -152,7 +152,7 @@ def _check_digest(state, meta: dict) -> None:
     expected = meta.get("digest")
     if expected is None:  # written before digests existed: nothing to compare
         return
-    actual = state_digest(jax.tree.map(lambda x: np.asarray(jax.device_get(x)), state))
+    actual = state_digest(host_copy(state))  # this process's replica, as at save time (multi-host safe)
     if actual != expected:
         raise CorruptCheckpointError(f"contents digest {actual} differs from the {expected} recorded at save time")
 
