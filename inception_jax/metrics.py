@@ -34,13 +34,17 @@ class MetricWriter:
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         self._tb_dir = os.path.join(workdir, "tensorboard")
+        self._purge_step = None
 
     def truncate_after(self, step: int) -> None:
-        """Drops records newer than `step`, so a resumed run rewrites them exactly once."""
+        """Drops records newer than `step`, so a resumed run rewrites them exactly once (TensorBoard
+        hides its events after `step` through the writer's `purge_step`)."""
+        self._purge_step = step + 1
         if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            kept = [line for line in f if line.strip() and _record_step(line) <= step]
+            kept = [line for line in f if 0 <= _record_step(line) <= step]  # a torn line is -1: dropped
+        kept = [line if line.endswith("\n") else line + "\n" for line in kept]
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             f.writelines(kept)
@@ -66,7 +70,7 @@ class MetricWriter:
                 from tensorboardX import SummaryWriter
             except ImportError:  # pragma: no cover - tensorboardX is a dependency
                 return None
-            self._tb = SummaryWriter(self._tb_dir)
+            self._tb = SummaryWriter(self._tb_dir, purge_step=self._purge_step)
         return self._tb
 
     def close(self) -> None:

@@ -272,12 +272,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if restored is not None:
         start_step, state, _meta = restored
         log.info("resumed from %s at step %d", checkpointer.directory, start_step)
-        writer.truncate_after(start_step)
     else:
         start_step = 0
         state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
         if config.init_from:
             state = _load_init_from(config, state, replicated)
+    if not config.eval_only:  # records past the restored step (all, when starting over) are rewritten
+        writer.truncate_after(start_step)
     if is_main:
         metrics_lib.write_config(workdir, config)
 

@@ -271,7 +271,7 @@ def test_a_failed_write_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path)
 
 def _subprocess_env(tmp_path):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = ""  # one CPU device: these runs test interruption, not sharding
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # one CPU device (conftest's compile level)
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # conftest's cache: later runs skip compiles
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -346,3 +346,29 @@ def test_killed_and_resumed_runs_end_exactly_as_an_uninterrupted_one(tmp_path, d
     ref_metrics, work_metrics = strip(metrics_lib.read_metrics(str(ref))), strip(metrics_lib.read_metrics(str(work)))
     assert [r["step"] for r in work_metrics] == [r["step"] for r in ref_metrics]
     assert work_metrics == ref_metrics
+
+
+def test_resume_rewrites_each_metrics_record_once_and_hides_stale_tensorboard_steps(tmp_path):
+    """After a kill, records past the restored step (and a torn last line) are dropped; TensorBoard
+    is told to hide its events from the restored step on, via the event file's purge marker."""
+    first = metrics_lib.MetricWriter(str(tmp_path))
+    for step in range(1, 6):
+        first.write(step, {"train/loss": float(step)})
+    first.close()
+    with open(tmp_path / metrics_lib.METRICS_FILE, "a") as f:
+        f.write('{"step": 6, "train/lo')  # killed mid-write
+
+    resumed = metrics_lib.MetricWriter(str(tmp_path))
+    resumed.truncate_after(3)
+    resumed.write(4, {"train/loss": 40.0})
+    assert resumed._tb.purge_step == 4
+    resumed.close()
+    records = metrics_lib.read_metrics(str(tmp_path))
+    assert [(r["step"], r["train/loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+
+    import tensorflow as tf
+
+    events = [e for path in sorted((tmp_path / "tensorboard").iterdir())
+              for e in tf.compat.v1.train.summary_iterator(str(path))]
+    purges = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]  # START
+    assert purges == [4]
