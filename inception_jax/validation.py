@@ -9,7 +9,9 @@ import tempfile
 
 import ml_collections
 
+from inception_jax.checkpoint import CHECKPOINT_DIR
 from inception_jax.config_base import base_config
+from inception_jax.metrics import CONFIG_FILE
 from inception_jax.models import profile, registry
 
 
@@ -153,13 +155,13 @@ def check_workdir(workdir: str) -> None:
 def check_resume(config, workdir: str) -> None:
     """A workdir with checkpoints resumes from them, so an `init_from` it did not start from would be
     silently ignored: refuse that instead. The same `init_from` (a restarted fine-tuning job) is fine."""
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
     if not config.init_from or not os.path.isdir(ckpt_dir):
         return
     if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
         return
     try:
-        with open(os.path.join(workdir, "config.json")) as f:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
             started_from = json.load(f).get("init_from")
     except (OSError, ValueError):
         started_from = None

@@ -3,10 +3,5 @@
 # Extra arguments go to inception_jax.main, e.g. --config.num_epochs=5. Re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+source scripts/setup_venv.sh
 exec .venv/bin/python -m inception_jax.main --config=configs/digits.py --workdir="${WORKDIR:-runs/digits}" "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -121,8 +122,6 @@ def test_bad_configs_exit_2_with_one_line_naming_the_fix(case, extra, message, t
     assert status == 2, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, err
-    import re
-
     assert re.search(message, lines[0]), lines[0]
     assert not os.path.isdir(workdir / "checkpoints") or case == "resume vs init_from"
 
