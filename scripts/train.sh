@@ -3,5 +3,5 @@
 # Extra arguments go to inception_jax.main, e.g. --config.num_epochs=5. Re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup_venv.sh
+source scripts/setup_venv.sh ""  # no extras (an explicit argument: a sourced script sees ours otherwise)
 exec .venv/bin/python -m inception_jax.main --config=configs/digits.py --workdir="${WORKDIR:-runs/digits}" "$@"
