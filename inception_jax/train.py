@@ -100,7 +100,7 @@ def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss) -
     ema = state.ema_params
     if config.ema_decay:
         ema = optim.ema_update(state.ema_params, params, config.ema_decay, state.step)
-    finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
                         ema_params=ema)
     if config.on_nonfinite == "skip":
@@ -119,8 +119,8 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh):
             "train/loss": loss,
             "train/top1": top1,
             "train/learning_rate": schedule(state.step),
-            "train/grad_norm": optax.global_norm(grads),
-            "train/param_norm": optax.global_norm(state.params),
+            "train/grad_norm": optax.tree.norm(grads),
+            "train/param_norm": optax.tree.norm(state.params),
             "finite": finite,
         }
         m.update({f"train/loss_{k}": v for k, v in parts.items()})

@@ -132,8 +132,12 @@ def image_size(config) -> int:
 
 
 def check_model_against_config(config, model, size: int) -> None:
-    """Aux loss weights must match the model's aux heads one for one."""
-    heads = profile.num_aux_heads(model, size)
+    """The model's options must build a network (checked by tracing it, which costs no compile), and
+    aux loss weights must match its aux heads one for one."""
+    try:
+        heads = profile.num_aux_heads(model, size)
+    except ValueError as e:  # an option value the model rejects, e.g. depths=(1, 0, 1)
+        raise ConfigError(f"config.model: {e}") from None
     weights = tuple(config.aux_loss_weights)
     if len(weights) != heads:
         fix = ("set config.model.aux_logits=True or config.aux_loss_weights=()" if heads == 0

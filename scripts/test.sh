@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_venv.sh "[test]"
-exec .venv/bin/python -m pytest -n 2 --dist load -q "$@"
+exec .venv/bin/python -m pytest -n 2 --dist worksteal -q "$@"

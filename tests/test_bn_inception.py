@@ -15,6 +15,7 @@ import pytest
 import inception_jax as ij
 from inception_jax.models import bn_inception as bn
 from inception_jax.models import profile
+from model_helpers import fake_variables, jit_apply
 
 PARAMS = 11_188_288  # gamma and beta (timm style)
 PARAMS_SLIM = 11_178_336  # beta only (slim's scale=False)
@@ -26,19 +27,6 @@ def n_params(model, size: int = 224) -> int:
 
 def images(batch: int, size: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
-
-
-def fake_variables(model, size: int = 64, seed: int = 0):
-    """He-scaled random kernels, identity BN, from the abstract shapes (cheaper than `init` on CPU)."""
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-        return np.ones(leaf.shape, np.float32) if name in ("scale", "var") else np.zeros(leaf.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, profile.abstract_variables(model, size))
 
 
 # ---------------------------------------------------------------------------------------- counts
@@ -95,7 +83,7 @@ def test_unfactorized_5x5():
     params = profile.abstract_variables(model, 64)["params"]
     assert params["Mixed_3b"]["Branch_2"]["Conv2d_0b_5x5"]["conv"]["kernel"].shape == (5, 5, 64, 96)
     assert params["Mixed_4a"]["Branch_1"]["Conv2d_1a_5x5"]["conv"]["kernel"].shape == (5, 5, 64, 96)
-    logits, _ = model.apply(fake_variables(model), images(1, 64))
+    logits, _ = jit_apply(model, fake_variables(model), images(1, 64))
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
 
 
@@ -122,7 +110,7 @@ def test_depthwise_kernel_keeps_slim_channel_order():
     model = ij.create_model("bn_inception")
     variables = fake_variables(model, 32)
     x = images(1, 32)
-    _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+    _, state = jit_apply(model, variables, x, capture_intermediates=True, mutable=["intermediates"])
     ours = state["intermediates"]["Conv2d_1a_7x7"]["depthwise"]["__call__"][0]
     slim_kernel = np.asarray(variables["params"]["Conv2d_1a_7x7"]["depthwise"]["kernel"]).reshape(7, 7, 3, 8)
     for i in range(3):
@@ -139,13 +127,13 @@ def test_same_padding_everywhere():
     model = ij.create_model("bn_inception")
     variables = fake_variables(model, 224)
     keys = ("Conv2d_1a_7x7", "Conv2d_2c_3x3", "Mixed_3c", "Mixed_4e", "Mixed_5c")
-    _, out = model.apply(variables, images(1, 224), return_endpoints=True)
+    _, out = jit_apply(model, variables, images(1, 224), return_endpoints=True)
     assert [out[k].shape[1:] for k in keys] == [(112, 112, 64), (56, 56, 192), (28, 28, 320), (14, 14, 576),
                                                 (7, 7, 1024)]
     # Odd sizes: 'SAME' gives ceil(n / 2) at every stride-2 op; "torch" mode (symmetric k // 2) too.
     torch_model = ij.create_model("bn_inception", padding_mode="torch")
-    _, out_tf = model.apply(variables, images(1, 97), return_endpoints=True)
-    _, out_torch = torch_model.apply(variables, images(1, 97), return_endpoints=True)
+    _, out_tf = jit_apply(model, variables, images(1, 97), return_endpoints=True)
+    _, out_torch = jit_apply(torch_model, variables, images(1, 97), return_endpoints=True)
     assert [out_tf[k].shape[1] for k in keys] == [out_torch[k].shape[1] for k in keys] == [49, 25, 13, 7, 4]
     # Values: Mixed_4a's max-pool branch (its last 320 channels) on the 28x28 Mixed_3c map pads (0, 1),
     # TF style, not (1, 1).
@@ -174,7 +162,7 @@ def test_minimum_input_size():
     for mode in ("tf", "torch"):
         model = ij.create_model("bn_inception", padding_mode=mode)
         variables = fake_variables(model, 1)
-        logits, out = model.apply(variables, images(2, 1), return_endpoints=True)
+        logits, out = jit_apply(model, variables, images(2, 1), return_endpoints=True)
         assert logits.shape == (2, 1000) and np.isfinite(logits).all()
         assert out["Mixed_5c"].shape == (2, 1, 1, 1024)
     with pytest.raises(ValueError, match="minimum size 1"):
@@ -185,10 +173,10 @@ def test_outputs_train_mode_and_dropout():
     model = ij.create_model("bn_inception", num_classes=10)
     variables = fake_variables(model, 64)
     x = images(2, 64)
-    logits, out = model.apply(variables, x, return_endpoints=True)
+    logits, out = jit_apply(model, variables, x, return_endpoints=True)
     assert logits.shape == (2, 10) and out["pre_logits"].shape == (2, 1024) and out["aux_logits"] == ()
     assert list(out)[:-2] == ["Conv2d_1a_7x7", "Conv2d_2b_1x1", "Conv2d_2c_3x3", *bn._ORDER]
-    run = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
+    run = lambda seed: jit_apply(model, variables, x, train=True, mutable=["batch_stats"],
                                    rngs={"dropout": jax.random.key(seed)})
     (a, _), state = run(0)
     (b, _), _ = run(1)

@@ -120,7 +120,7 @@ def test_cli_writes_a_file_that_loads_back_in_one_call(tmp_path, googlenet_state
     for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(a, b)
     x = np.zeros((1, 64, 64, 3), np.float32)
-    logits, _ = model.apply(variables, x)
+    logits, _ = jax.jit(model.apply)(variables, x)
     assert logits.shape == (1, 1000)
 
 

@@ -13,6 +13,7 @@ import pytest
 import inception_jax as ij
 from inception_jax.models import googlenet as gn
 from inception_jax.models import layers, profile
+from model_helpers import fake_variables, jit_apply
 
 # torchvision's own numbers (GoogLeNet_Weights meta; REFERENCE.md 1).
 PARAMS = 6_624_904
@@ -27,30 +28,13 @@ def n_params(model, size: int = 224) -> int:
     return profile.count_params(profile.abstract_variables(model, size)["params"])
 
 
-def fake_variables(model, size: int = 64, seed: int = 0):
-    """He-scaled random kernels, zero biases, identity BN, built from the abstract shapes.
-
-    Much cheaper than `model.init` on the shared 2-core CPU, where compiling the truncated-normal
-    initialiser for every kernel shape costs about a minute; one test still runs the real `init`.
-    """
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return (rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(np.float32)
-        return np.ones(leaf.shape, np.float32) if name in ("scale", "var") else np.zeros(leaf.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(fill, profile.abstract_variables(model, size))
-
-
 def run(model, x, train=False, variables=None):
     variables = variables or fake_variables(model, x.shape[1])
     if train:
-        (logits, out), _ = model.apply(variables, x, train=True, return_endpoints=True, mutable=["batch_stats"],
+        (logits, out), _ = jit_apply(model, variables, x, train=True, return_endpoints=True, mutable=["batch_stats"],
                                        rngs={"dropout": jax.random.key(1)})
     else:
-        logits, out = model.apply(variables, x, train=False, return_endpoints=True)
+        logits, out = jit_apply(model, variables, x, train=False, return_endpoints=True)
     return logits, out
 
 
@@ -206,14 +190,14 @@ def test_tf_padding_is_same_everywhere():
     tf_model = ij.create_model("googlenet", padding_mode="tf")
     variables = fake_variables(tf_model, 97)
     # Shapes: 'SAME' gives ceil(n / stride) at every pool; ceil_mode 3x3/2 gives ceil((n - 1) / 2).
-    _, out_tf = tf_model.apply(variables, x, return_endpoints=True)
-    _, out_torch = torch_model.apply(variables, x, return_endpoints=True)
+    _, out_tf = jit_apply(tf_model, variables, x, return_endpoints=True)
+    _, out_torch = jit_apply(torch_model, variables, x, return_endpoints=True)
     shapes = lambda out: [out[k].shape[1] for k in ("conv1", "conv3", "inception3b", "inception4e", "inception5b")]
     assert shapes(out_tf) == [49, 25, 13, 7, 4]
     assert shapes(out_torch) == [49, 24, 12, 6, 3]
     # Values: conv1 7x7/2 on 96 pads (2, 3) under 'SAME' (TF puts the odd pixel at the end), not (3, 3).
     x = x[:, :96, :96]
-    _, out_tf = tf_model.apply(variables, x, return_endpoints=True)
+    _, out_tf = jit_apply(tf_model, variables, x, return_endpoints=True)
     kernel = variables["params"]["conv1"]["conv"]["kernel"]
     conv = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((2, 3), (2, 3)),
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -244,9 +228,9 @@ def test_init_outputs_and_dropout():
         64, 192, 480, 832, 1024]
     a, out = run(model, x, train=True, variables=variables)
     assert [aux.shape for aux in out["aux_logits"]] == [(2, 10), (2, 10)]
-    b, _ = model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})[0]
+    b, _ = jit_apply(model, variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})[0]
     assert not np.allclose(a, b)  # dropout is active in train mode
-    assert set(model.apply(variables, x)[1]) == {"pre_logits", "aux_logits"}  # endpoints on request only
+    assert set(jit_apply(model, variables, x)[1]) == {"pre_logits", "aux_logits"}  # endpoints on request only
     assert ij.create_model("googlenet").num_aux_heads == 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 import inception_jax
@@ -119,12 +118,6 @@ def test_report_rejects_unknown_models():
 
 # --- The call contract, at small sizes so every variant runs quickly ------------------------------
 
-def _small(name, **overrides):
-    min_size = inception_jax.data_config(name).min_input_size
-    model = inception_jax.create_model(name, width_multiplier=0.25, num_classes=7, **overrides)
-    return model, max(min_size, 75)
-
-
 def _small(name):
     """A quarter-width variant with aux heads, its abstract variables and an abstract batch.
 
@@ -214,6 +207,31 @@ def test_width_multiplier_scales_parameters(name):
     assert 0.2 * full < half < 0.35 * full
 
 
+# Default depths and the first block of each stage (v4: timm's `features_N`; IR: the `repeat` scopes).
+DEPTH_STAGES = {
+    "inception_v4": ((4, 7, 3), ("features_6", "features_11", "features_19")),
+    "inception_resnet_v1": ((5, 10, 5), ("repeat_0", "repeat_1_0", "repeat_2_0")),
+    "inception_resnet_v2": ((10, 20, 9), ("repeat_0", "repeat_1_0", "repeat_2_0")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEPTH_STAGES))
+def test_depths_add_or_drop_whole_blocks(name):
+    """`depths` counts the repeated blocks of each stage: one more block adds exactly that block's
+    parameters; the aux head stays on the 17x17 grid (its 768 conv spans 5x5 at 299) at any depth."""
+    default, first_blocks = DEPTH_STAGES[name]
+    assert inception_jax.model_options(name)["depths"] == default
+    params = lambda **kw: profile.abstract_variables(inception_jax.create_model(name, **kw), 299)["params"]
+    base = params()
+    for stage, block in enumerate(first_blocks):
+        deeper = tuple(d + (i == stage) for i, d in enumerate(default))
+        assert profile.count_params(params(depths=deeper)) == profile.count_params(base) + profile.count_params(base[block])
+    shallow = params(depths=(1, 1, 1), aux_logits=True)
+    assert shallow["AuxLogits"]["conv1"]["conv"]["kernel"].shape[:2] == (5, 5)
+    with pytest.raises(ValueError, match=r"depths takes 3 whole numbers >= 1.*got \(1, 0, 1\)"):
+        params(depths=(1, 0, 1))
+
+
 # bf16 compute: the documented tolerance (README "Numerics"): logits within 5% of the fp32 logits' scale.
 BF16_TOLERANCE = 0.05
 
@@ -225,10 +243,10 @@ def test_bf16_forward_tracks_fp32(name):
     model32 = inception_jax.create_model(name, width_multiplier=0.5)
     model16 = inception_jax.create_model(name, width_multiplier=0.5, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-    variables = model32.init(jax.random.key(1), x)
+    variables = jax.jit(model32.init)(jax.random.key(1), x)  # jitted: eager dispatch is far slower on CPU
     # Give BN realistic statistics: one train-mode pass on this batch.
-    _, updates = model32.apply(variables, x, train=True, mutable=["batch_stats"],
-                               rngs={"dropout": jax.random.key(2)})
+    _, updates = jax.jit(lambda v, x: model32.apply(v, x, train=True, mutable=["batch_stats"],
+                                                    rngs={"dropout": jax.random.key(2)}))(variables, x)
     variables = {**variables, **updates}
     ref, _ = jax.jit(lambda v, x: model32.apply(v, x))(variables, x)
     low, out = jax.jit(lambda v, x: model16.apply(v, x))(variables, x)

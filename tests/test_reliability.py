@@ -92,6 +92,8 @@ BAD_CONFIGS = [
     ("aux weights vs heads", ["--config.model.aux_logits=True", "--config.aux_loss_weights=(0.3,)"],
      r"config.aux_loss_weights=\(0.3,\) has 1 weight\(s\) but googlenet with these options has 2 aux head\(s\)"),
     ("missing aux weights", ["--config.model.aux_logits=True"], r"has 0 weight\(s\) .* 2 aux head\(s\)"),
+    ("bad model option value", ["--config.model.padding_mode=same"],
+     r"config.model: googlenet: padding_mode must be 'torch' or 'tf', got 'same'"),
     ("unknown dataset", ["--config.dataset.name=imagenet2013"], r"imagenet2012"),
     ("unprepared dataset", ["--config.dataset.name=mnist"], r"mnist.*(prepare|download)"),
     ("bad choice", ["--config.optimizer.name=adam"], r"config.optimizer.name='adam' is not one of 'rmsprop', 'sgd', 'adamw'"),

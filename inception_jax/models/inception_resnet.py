@@ -30,6 +30,11 @@ Options beyond the family's common ones:
 
 * `residual_scales=(a, b, c)`: the 35x35, 17x17 and 8x8 residual scales (the final IR-v2 `block8`
   keeps 1.0). Parameters do not change.
+* `depths=(a, b, c)`: how many 35x35, 17x17 and 8x8 residual blocks (`repeat_*`, `repeat_1_*`,
+  `repeat_2_*`): IR-v2's released 10, 20, 9 (plus the final `block8`; the paper's Fig. 15 draws
+  5, 10, 5 for both versions) and IR-v1's 5, 10, 5; for depth ablations and quick smoke runs. Other
+  depths add or drop `repeat` blocks, so timm checkpoints no longer load (the converter lists the
+  missing or extra keys).
 * `aux_logits=True`: TF-slim's IR-v2 auxiliary classifier on PreAuxLogits (after the 17x17 blocks,
   `repeat_1_*`): avg pool 5x5/3 -> 1x1 128 -> conv 768 over the whole map -> flatten -> dense;
   3,367,656 parameters at 1000 classes for IR-v2 (59,211,120 in all). IR-v1 gets the same head on its
@@ -228,6 +233,7 @@ class _InceptionResNet(nn.Module):
 
     def _check(self, x, model: str):
         layers.check_common_options(self, model)
+        layers.check_depths(self.depths, model, "35x35, 17x17 and 8x8 residual blocks")
         if len(self.residual_scales) != 3:
             raise ValueError(f"{model}: residual_scales takes 3 floats (35x35, 17x17, 8x8 blocks), "
                              f"got {self.residual_scales!r}")
@@ -273,11 +279,14 @@ class InceptionResNetV2(_InceptionResNet):
     `repeat_1` (16) and `conv2d_7b` (32).
     """
 
+    depths: tuple[int, int, int] = (10, 20, 9)  # the released graph's Repeat, Repeat_1, Repeat_2
+
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v2")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
+        n35, n17, n8 = self.depths
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
         endpoint = _endpoint_recorder(out, return_endpoints)
@@ -286,16 +295,16 @@ class InceptionResNetV2(_InceptionResNet):
         x = self._stem(conv, x, train, endpoint)
         x = max_pool_3x3_s2(x, pm)  # maxpool_5a
         x = endpoint("mixed_5b", Mixed5b(conv, pm, self.avg_pool_count_include_pad, name="mixed_5b")(x, train))
-        for i in range(10):
+        for i in range(n35):
             x = Block35((32, 32, 32, 32, 48, 64), s35, conv, **dt, name=f"repeat_{i}")(x, train)
         x = endpoint("repeat", x)
         x = endpoint("mixed_6a", ReductionA(256, 256, 384, 384, conv, pm, name="mixed_6a")(x, train))
-        for i in range(20):
+        for i in range(n17):
             x = Block17((192, 128, 160, 192), s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)  # slim's PreAuxLogits
         x = endpoint("mixed_7a", ReductionB((384, 288, 288, 320), conv, pm, name="mixed_7a")(x, train))
-        for i in range(9):
+        for i in range(n8):
             x = Block8((192, 192, 224, 256), s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
         x = endpoint("repeat_2", x)
         x = endpoint("block8", Block8((192, 192, 224, 256), 1.0, conv, False, f, **dt, name="block8")(x, train))
@@ -314,12 +323,14 @@ class InceptionResNetV1(_InceptionResNet):
     """
 
     dropout_rate: float = 0.2  # the paper's keep_prob 0.8 (Fig. 15); no library reference to follow
+    depths: tuple[int, int, int] = (5, 10, 5)  # Fig. 15's 5 x A, 10 x B, 5 x C
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v1")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
+        n35, n17, n8 = self.depths
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
         endpoint = _endpoint_recorder(out, return_endpoints)
@@ -327,16 +338,16 @@ class InceptionResNetV1(_InceptionResNet):
 
         x = self._stem(conv, x, train, endpoint)
         x = endpoint("conv2d_4b", conv(256, 3, strides=2, name="conv2d_4b")(x, train))  # Fig. 14: 35x35x256
-        for i in range(5):
+        for i in range(n35):
             x = Block35((32,) * 6, s35, conv, **dt, name=f"repeat_{i}")(x, train)
         x = endpoint("repeat", x)
         x = endpoint("mixed_6a", ReductionA(192, 192, 256, 384, conv, pm, name="mixed_6a")(x, train))  # 17x17x896
-        for i in range(10):
+        for i in range(n17):
             x = Block17((128,) * 4, s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)
         x = endpoint("mixed_7a", ReductionB((384, 256, 256, 256), conv, pm, name="mixed_7a")(x, train))  # 8x8x1792
-        for i in range(5):
+        for i in range(n8):
             x = Block8((192,) * 4, s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
         x = endpoint("repeat_2", x)
         logits = layers.classifier_head(self, x, train, out, "classif")

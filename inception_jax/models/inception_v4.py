@@ -31,12 +31,17 @@ Options beyond the family's common ones:
   pair becomes one 3x3 conv, and each of its parallel 1x3 | 3x1 splits becomes one 3x3 conv with both
   halves' width (512). Block outputs keep their widths. The merged conv takes the first conv's name
   (`branch1_1`; Inception-C: `branch1_1`, `branch2_1`, `branch2_3`).
+* `depths=(a, b, c)`: how many Inception-A, -B and -C blocks (the paper's 4, 7, 3; Fig. 9), for depth
+  ablations and quick smoke runs. Trunk modules keep timm's running `features_N` numbering, so with other
+  depths the indices after the first stage shift (and timm checkpoints no longer load: the converter
+  lists the missing or extra blocks); the aux head stays on the last Inception-B.
 * `dropout_rate` defaults to timm's 0.0; TF-slim and the paper (Fig. 9) train with keep_prob 0.8, which
   the training configs set (`dropout_rate=0.2`).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import flax.linen as nn
@@ -271,7 +276,7 @@ class InceptionC(nn.Module):
 
 # ---------------------------------------------------------------------------------------- model
 
-_AUX_AFTER = "features_17"  # Mixed_6h, the last Inception-B
+DEPTHS = (4, 7, 3)  # Inception-A, -B, -C blocks (paper Fig. 9)
 
 
 class InceptionV4(nn.Module):
@@ -282,7 +287,8 @@ class InceptionV4(nn.Module):
     `out["aux_logits"]` a tuple with the aux head's logits in train mode (empty in eval mode or when
     `aux_logits=False`). With `return_endpoints=True`, `out` also holds every stage's output, in
     network order, named after its module: `features_0` ... `features_21` (timm's feature_info taps are
-    `features_2` (stride 2), `features_3` (4), `features_9` (8), `features_17` (16), `features_21` (32)).
+    `features_2` (stride 2), `features_3` (4), `features_9` (8), `features_17` (16), `features_21` (32);
+    at the default `depths`).
     """
 
     num_classes: int = 1000
@@ -291,6 +297,7 @@ class InceptionV4(nn.Module):
     factorize_nxn: bool = True
     avg_pool_count_include_pad: bool = False  # timm/TF exclude padding; True counts it (PyTorch default)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
+    depths: tuple[int, int, int] = DEPTHS
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
@@ -309,29 +316,33 @@ class InceptionV4(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         layers.check_common_options(self, "inception_v4")
+        layers.check_depths(self.depths, "inception_v4", "Inception-A, -B and -C blocks")
         layers.check_input(x, model="inception_v4", min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         cip = self.avg_pool_count_include_pad
-        trunk = [  # timm's `features` Sequential
-            conv(32, 3, strides=2, name="features_0"),  # stem (Fig. 3)
-            conv(32, 3, name="features_1"),
-            conv(64, 3, padding=1, name="features_2"),
-            Mixed3a(conv, pm, name="features_3"),
-            Mixed4a(conv, f, name="features_4"),
-            Mixed5a(conv, pm, name="features_5"),
-            *(InceptionA(conv, pm, cip, name=f"features_{i}") for i in range(6, 10)),  # Mixed_5b..e
-            ReductionA(192, 224, 256, 384, conv, pm, name="features_10"),  # Mixed_6a
-            *(InceptionB(conv, f, pm, cip, name=f"features_{i}") for i in range(11, 18)),  # Mixed_6b..h
-            ReductionB(conv, f, pm, name="features_18"),  # Mixed_7a
-            *(InceptionC(conv, f, pm, cip, name=f"features_{i}") for i in range(19, 22)),  # Mixed_7b..d
+        n_a, n_b, n_c = self.depths
+        names = (f"features_{i}" for i in itertools.count())  # timm's `features` Sequential index
+        trunk = [
+            conv(32, 3, strides=2, name=next(names)),  # stem (Fig. 3)
+            conv(32, 3, name=next(names)),
+            conv(64, 3, padding=1, name=next(names)),
+            Mixed3a(conv, pm, name=next(names)),
+            Mixed4a(conv, f, name=next(names)),
+            Mixed5a(conv, pm, name=next(names)),
+            *(InceptionA(conv, pm, cip, name=next(names)) for _ in range(n_a)),  # Mixed_5b..e
+            ReductionA(192, 224, 256, 384, conv, pm, name=next(names)),  # Mixed_6a
+            *(InceptionB(conv, f, pm, cip, name=next(names)) for _ in range(n_b)),  # Mixed_6b..h
+            ReductionB(conv, f, pm, name=next(names)),  # Mixed_7a
+            *(InceptionC(conv, f, pm, cip, name=next(names)) for _ in range(n_c)),  # Mixed_7b..d
         ]
+        aux_after = trunk[6 + n_a + n_b]  # Mixed_6h, the last Inception-B
         out: dict[str, Any] = {}
         aux = []
         for module in trunk:
             x = module(x, train)
             if return_endpoints:
                 out[module.name] = x
-            if module.name == _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):
+            if module is aux_after and self.num_aux_heads and (train or self.is_initializing()):
                 logits = SlimAuxHead(self.num_classes, conv, self.dtype, self.param_dtype, name="AuxLogits")(x, train)
                 if train:
                     aux.append(logits)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Callable, Literal, Sequence
 
 import flax.linen as nn
@@ -241,6 +242,13 @@ def check_common_options(module: nn.Module, model: str) -> None:
         raise ValueError(f"{model}: width_multiplier must be positive, got {module.width_multiplier}")
     if module.num_classes < 0:
         raise ValueError(f"{model}: num_classes must be >= 0 (0 = no classifier), got {module.num_classes}")
+
+
+def check_depths(depths, model: str, stages: str) -> None:
+    """`depths` (blocks per stage, for v4 and Inception-ResNet): three counts of at least 1 each."""
+    whole = lambda d: isinstance(d, numbers.Integral) and not isinstance(d, bool)
+    if len(depths) != 3 or not all(whole(d) and d >= 1 for d in depths):
+        raise ValueError(f"{model}: depths takes 3 whole numbers >= 1 (the {stages}), got {depths!r}")
 
 
 def bound_conv(module: nn.Module, **fixed):
