@@ -177,7 +177,7 @@ def test_outputs_train_mode_and_dropout():
     assert logits.shape == (2, 10) and out["pre_logits"].shape == (2, 1024) and out["aux_logits"] == ()
     assert list(out)[:-2] == ["Conv2d_1a_7x7", "Conv2d_2b_1x1", "Conv2d_2c_3x3", *bn._ORDER]
     run = lambda seed: jit_apply(model, variables, x, train=True, mutable=["batch_stats"],
-                                   rngs={"dropout": jax.random.key(seed)})
+                                 rngs={"dropout": jax.random.key(seed)})
     (a, _), state = run(0)
     (b, _), _ = run(1)
     assert not np.allclose(a, b)  # dropout 0.2 is active in train mode

@@ -31,8 +31,8 @@ def n_params(model, size: int = 224) -> int:
 def run(model, x, train=False, variables=None):
     variables = variables or fake_variables(model, x.shape[1])
     if train:
-        (logits, out), _ = jit_apply(model, variables, x, train=True, return_endpoints=True, mutable=["batch_stats"],
-                                       rngs={"dropout": jax.random.key(1)})
+        (logits, out), _ = jit_apply(model, variables, x, train=True, return_endpoints=True,
+                                     mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
     else:
         logits, out = jit_apply(model, variables, x, train=False, return_endpoints=True)
     return logits, out
