@@ -1,9 +1,10 @@
 """Inception-v3 on ImageNet with the Rethinking paper's recipe (Szegedy et al. 2016, section 8).
 
 RMSProp (decay 0.9, epsilon 1.0), learning rate 0.045 decayed x0.94 every 2 epochs, gradient clipping
-at 2.0, label smoothing 0.1 (section 7), the BN-auxiliary head weighted 0.4 (torchvision's reference
-script; the paper does not state a weight), parameter averaging for evaluation, 100 epochs at batch
-32 x 50 replicas = 1600. The paper reports 21.2% top-1 / 5.6% top-5 error single-crop (Table 3).
+at 2.0, label smoothing 0.1 (section 7), the BN-auxiliary head weighted 0.4 (TF-slim's
+train_image_classifier.py, REFERENCES.md §2.6; the paper does not state a weight), parameter
+averaging for evaluation, 100 epochs at batch 32 x 50 replicas = 1600. The paper reports 21.2% top-1 /
+5.6% top-5 error single-crop (Table 3).
 
   python -m inception_jax.main --config=configs/inception_v3.py --workdir=runs/v3 \
       --config.dataset.data_dir=/path/to/tfds
@@ -18,7 +19,7 @@ def get_config(arg=None):
     c = base_config()
     c.model.name = "inception_v3"
     c.model.aux_logits = True
-    c.model.dropout_rate = 0.2  # TF-slim's keep_prob 0.8 (REFERENCE.md 1)
+    c.model.dropout_rate = 0.2  # TF-slim's keep_prob 0.8 (REFERENCES.md §1.2)
     imagenet_recipe(c, dataset=args.dataset)
 
     c.batch_size = 1600

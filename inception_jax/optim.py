@@ -1,8 +1,9 @@
 """Optimizers, learning-rate schedules and parameter averaging built from a training config.
 
 Everything here is pure optax/JAX: no TensorFlow, no data, no model code. The recipes it
-reproduces are in REFERENCE.md section 2 (RMSProp 0.9 / eps 1.0, lr 0.045 x 0.94 every 2 epochs,
-clipping at 2.0, Polyak averaging); the config fields it reads are listed in each function.
+reproduces are in REFERENCES.md §2.3 and §2.4 (RMSProp 0.9 / eps 1.0, lr 0.045 x 0.94 every 2 epochs,
+clipping at 2.0: Rethinking section 8, v4 paper section 4) and §2.1 (Polyak averaging: GoogLeNet paper
+section 6); the config fields it reads are listed in each function.
 """
 
 from __future__ import annotations

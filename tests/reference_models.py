@@ -1,7 +1,7 @@
 """Helpers for parity tests against random-initialised timm / torchvision references.
 
 Random references give meaningless eval logits (timm v3 ~1e13, torchvision GoogLeNet ~0.03), so
-before comparing we calibrate them as REFERENCE.md section 7 prescribes: random BN affine terms,
+before comparing we calibrate them as REFERENCES.md §7 prescribes: random BN affine terms,
 running statistics re-estimated from a few train-mode passes, then eval mode. Logits come out O(1)
 and a wrong weight mapping shows.
 """

@@ -1,7 +1,7 @@
-"""BN-Inception (TF-slim inception_v2): counts against REFERENCE.md, slim names, 'SAME' semantics, switches.
+"""BN-Inception (TF-slim inception_v2): counts against REFERENCES.md §1, slim names, 'SAME' semantics, switches.
 
 No PyTorch reference exists, so the architecture is pinned by the counted parameters and MACs
-(REFERENCE.md 1: 11,188,288 with gamma and beta, 11,178,336 slim-style, 1.935 GMACs at 224), a hand
+(REFERENCES.md §1: 11,188,288 with gamma and beta, 11,178,336 slim-style, 1.935 GMACs at 224), a hand
 count from slim's layer table, and TF-semantics checks of the padding and pooling.
 """
 
@@ -106,7 +106,7 @@ def test_slim_scope_names():
 
 def test_depthwise_kernel_keeps_slim_channel_order():
     """Our (7, 7, 1, 24) grouped kernel is slim's [7, 7, 3, 8] depthwise kernel reshaped: output
-    channel i*8 + m filters input channel i with slim's filter (i, m) (REFERENCE.md 3.4)."""
+    channel i*8 + m filters input channel i with slim's filter (i, m) (REFERENCES.md §3.4)."""
     model = ij.create_model("bn_inception")
     variables = fake_variables(model, 32)
     x = images(1, 32)

@@ -15,7 +15,7 @@ from inception_jax.models import googlenet as gn
 from inception_jax.models import layers, profile
 from model_helpers import fake_variables, jit_apply
 
-# torchvision's own numbers (GoogLeNet_Weights meta; REFERENCE.md 1).
+# torchvision's own numbers (GoogLeNet_Weights meta; REFERENCES.md §1).
 PARAMS = 6_624_904
 PARAMS_WITH_AUX = 13_004_888
 

@@ -1,4 +1,4 @@
-"""Inception-ResNet-v2 pinned to timm's `inception_resnet_v2` (a calibrated random reference, REFERENCE.md 7);
+"""Inception-ResNet-v2 pinned to timm's `inception_resnet_v2` (a calibrated random reference, REFERENCES.md §7);
 Inception-ResNet-v1 pinned to the v4 paper's figures through hand-computed parameter counts and shapes.
 
 Parity runs in float64 on both sides, as in test_inception_v4.py: a calibrated random network this deep
@@ -28,9 +28,9 @@ from inception_jax.models import profile, registry
 
 timm = pytest.importorskip("timm")
 
-IR2_PARAMS = 55_843_464  # timm inception_resnet_v2 (REFERENCE.md 1)
-IR2_PARAMS_AUX = 59_211_120  # with TF-slim's aux head (REFERENCE.md 1)
-IR1_PARAMS = 22_756_328  # the v4 paper's IR-v1 at 1000 classes, gamma and beta counted (REFERENCE.md 1)
+IR2_PARAMS = 55_843_464  # timm inception_resnet_v2 (REFERENCES.md §1)
+IR2_PARAMS_AUX = 59_211_120  # with TF-slim's aux head (REFERENCES.md §1)
+IR1_PARAMS = 22_756_328  # the v4 paper's IR-v1 at 1000 classes, gamma and beta counted (REFERENCES.md §1)
 SMALL = 107  # the second parity size: the 35/17/8 grids are 11, 5 and 2 (299: 35, 17, 8)
 TIMM_TAPS = ("conv2d_2b", "conv2d_4a", "repeat", "repeat_1", "conv2d_7b")  # timm's feature_info
 SCALES = (0.3, 0.05, 0.5)  # residual scales for the switch test (defaults 0.17, 0.10, 0.20)
@@ -148,7 +148,7 @@ def test_float32_with_other_residual_scales_matches_timm(timm_ir2, timm_ir2_64, 
 
 
 def test_every_timm_tensor_has_a_home(timm_ir2, variables):
-    """timm's 1306 tensors (REFERENCE.md 3.4) all land in our tree, Sequential indices joined with `_`:
+    """timm's 1306 tensors (REFERENCES.md §3.4) all land in our tree, Sequential indices joined with `_`:
     `repeat_1.0.branch0.conv.weight` -> `repeat_1_0/branch0/conv/kernel`, `repeat.0...` -> `repeat_0/...`."""
     state = torch_state_dict(timm_ir2)
     assert len(state) == 1306
@@ -213,7 +213,7 @@ def test_ir1_param_count_matches_the_paper_config_by_hand():
     total = stem + 5 * block_a + reduction_a + 10 * block_b + reduction_b + 5 * block_c + 1792 * 1000 + 1000
     assert total == IR1_PARAMS
     assert param_count("inception_resnet_v1") == IR1_PARAMS
-    # facenet's variant adds a sixth, unscaled C block: REFERENCE.md's 24,357,096.
+    # facenet's variant adds a sixth, unscaled C block: REFERENCES.md §1's 24,357,096.
     assert IR1_PARAMS + block_c == 24_357_096
 
 

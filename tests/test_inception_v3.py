@@ -1,4 +1,4 @@
-"""Inception-v3 / -v2 pinned to timm and torchvision (calibrated random references, REFERENCE.md 7), to the
+"""Inception-v3 / -v2 pinned to timm and torchvision (calibrated random references, REFERENCES.md §7), to the
 reference parameter counts, and to hand-computed parameter deltas for each of the paper's design switches.
 
 Cost control (2 shared cores): one calibrated timm model per module, batch 2, one jit per (options, shape,
@@ -30,8 +30,8 @@ timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
 F = torch.nn.functional
 
-V3_PARAMS = 23_834_568  # timm inception_v3 (REFERENCE.md 1)
-V3_PARAMS_AUX = 27_161_264  # torchvision inception_v3 with AuxLogits (REFERENCE.md 1)
+V3_PARAMS = 23_834_568  # timm inception_v3 (REFERENCES.md §1)
+V3_PARAMS_AUX = 27_161_264  # torchvision inception_v3 with AuxLogits (REFERENCES.md §1)
 
 
 def images(size: int, seed: int = 0, batch: int = 2) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Inception-v4 pinned to timm's `inception_v4` (a calibrated random reference, REFERENCE.md 7), to the
+"""Inception-v4 pinned to timm's `inception_v4` (a calibrated random reference, REFERENCES.md §7), to the
 reference parameter counts, and to hand-computed counts for the TF-slim aux head and `factorize_nxn`.
 
 Why float64: a calibrated random v4 is numerically chaotic. At 299 timm's own fp32 logits differ from
@@ -27,8 +27,8 @@ from inception_jax.models import profile, registry
 
 timm = pytest.importorskip("timm")
 
-V4_PARAMS = 42_679_816  # timm inception_v4 (REFERENCE.md 1)
-V4_PARAMS_AUX = 46_039_280  # with TF-slim's aux head (REFERENCE.md 1)
+V4_PARAMS = 42_679_816  # timm inception_v4 (REFERENCES.md §1)
+V4_PARAMS_AUX = 46_039_280  # with TF-slim's aux head (REFERENCES.md §1)
 SMALL = 107  # the second parity size: the 35/17/8 grids are 11, 5 and 2 (299: 35, 17, 8)
 TIMM_TAPS = ("features_2", "features_3", "features_9", "features_17", "features_21")  # timm feature_info
 
@@ -176,7 +176,7 @@ def test_factorize_nxn_false_changes_params_by_the_hand_computed_amount():
 
 
 def test_every_timm_tensor_has_a_home(timm_v4, variables):
-    """timm's 896 state_dict tensors (REFERENCE.md 3.4) all land in our tree; `from_torch` would
+    """timm's 896 state_dict tensors (REFERENCES.md §3.4) all land in our tree; `from_torch` would
     already have raised on any missing, unexpected or mis-shaped one."""
     state = torch_state_dict(timm_v4)
     assert len(state) == 896

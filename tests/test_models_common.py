@@ -1,7 +1,7 @@
 """Contract, registry, report and numerics tests that apply to every variant.
 
 Per-family parity against timm/torchvision lives in the family test files; here every registered
-model is held to the shared contract and to the reference parameter counts and GMACs (REFERENCE.md 1).
+model is held to the shared contract and to the reference parameter counts and GMACs (REFERENCES.md §1).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ ALL_MODELS = [
     "inception_v4",
 ]
 
-# (params without aux, params with aux, GMACs at the default size): REFERENCE.md section 1.
-# Aux totals for v4 / IR-v2 are REFERENCE.md's computed TF-slim-head numbers; bn_inception and
+# (params without aux, params with aux, GMACs at the default size): REFERENCES.md §1.
+# Aux totals for v4 / IR-v2 are REFERENCES.md §1's computed TF-slim-head numbers; bn_inception and
 # IR-v1 have no aux head in any reference.
 REFERENCE_COUNTS = {
     "googlenet": (6_624_904, 13_004_888, 1.498),
@@ -258,7 +258,7 @@ def test_bf16_forward_tracks_fp32(name):
 
 
 def test_avg_pool_padding_semantics_against_hand_computed_corner():
-    """REFERENCE.md 3.2: on all-ones input a 3x3/1 p1 corner averages 4/9 counting pads, 1 excluding them."""
+    """REFERENCES.md §3.2: on all-ones input a 3x3/1 p1 corner averages 4/9 counting pads, 1 excluding them."""
     from inception_jax.models import layers
 
     x = jnp.ones((1, 5, 5, 1))

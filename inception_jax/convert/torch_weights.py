@@ -1,7 +1,7 @@
 """PyTorch (timm / torchvision) state_dicts -> Flax variables, by name.
 
 Our module trees are named after the reference state_dict paths, so one rule set maps every variant
-(REFERENCE.md 3.4): `a.b.0.conv.weight` -> `params/a/b_0/conv/kernel` (numeric Sequential indices join
+(REFERENCES.md §3.4): `a.b.0.conv.weight` -> `params/a/b_0/conv/kernel` (numeric Sequential indices join
 the previous name with `_`), conv kernels OIHW -> HWIO, dense kernels transposed, BN running stats into
 `batch_stats`, `num_batches_tracked` dropped. Layout quirks a name rule cannot express go through the
 registry's `torch_fixup` hook. Every key is accounted for: missing, unexpected or mis-shaped tensors

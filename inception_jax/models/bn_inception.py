@@ -1,7 +1,7 @@
 """BN-Inception (Ioffe & Szegedy 2015), as released by TF-slim under the name `inception_v2`.
 
 TF-slim's `inception_v2.py` is the batch-normalised Inception of the BN paper, not the "Inception-v2"
-of *Rethinking* (REFERENCE.md 1). No PyTorch reference exists (timm, torchvision and Keras lack it;
+of *Rethinking* (its section 6; REFERENCES.md §1.2). No PyTorch reference exists (timm, torchvision and Keras lack it;
 Cadene's `bninception` is a different, Caffe-trained graph), so this follows the slim definition:
 
 * stem: a separable 7x7/2 conv (depthwise with channel multiplier 8, i.e. 3 -> 24 channels, then a

@@ -3,7 +3,7 @@
 Szegedy et al., "Going deeper with convolutions" (2014). The default module is torchvision's
 `googlenet` (a port of the TF-slim checkpoint) layer for layer, with module names matching its
 state_dict, so `inception_jax.convert.from_torch("googlenet", ...)` loads it by name. Quirks kept for
-parity (REFERENCE.md 3.1, 3.2):
+parity (REFERENCES.md §3.1, §3.2):
 
 * conv1 is 7x7/2 with symmetric padding 3 (TF 'SAME' would pad (2, 3) and shift the grid);
 * every max pool uses PyTorch `ceil_mode=True`; maxpool4 is 2x2/2, not the paper's 3x3/2;
@@ -14,7 +14,7 @@ parity (REFERENCE.md 3.1, 3.2):
 
 `transform_input` is not implemented: it only maps ImageNet-mean/std-normalised input to the TF
 [-1, 1] range the weights expect, so the data config normalises with mean = std = 0.5 instead
-(REFERENCE.md 3.1; timm's torchvision ports do the same).
+(REFERENCES.md §3.1; timm's torchvision ports do the same).
 
 Design switches for the paper's comparisons (all default to torchvision's model):
 
@@ -224,7 +224,7 @@ def torchvision_fixup(state: dict) -> dict:
 
     PyTorch flattens the 128x4x4 aux features as c*16 + h*4 + w; we flatten as h*512 + w*128 + c.
     Only the columns move: the converter's generic 2-D transpose then makes the Dense kernel
-    (REFERENCE.md 3.4).
+    (REFERENCES.md §3.4).
     """
     state = dict(state)
     for head in ("aux1", "aux2"):

@@ -6,7 +6,7 @@ module names matching its state_dict so `inception_jax.convert.from_torch` loads
 `conv2d_1a` ... `conv2d_4a`, `mixed_5b`, `repeat_0..9` (timm's Sequential `repeat.N`), `mixed_6a`,
 `repeat_1_0..19`, `mixed_7a`, `repeat_2_0..8`, `block8`, `conv2d_7b`, `classif`. Like the released TF
 graph (and unlike the paper, which gives IR-v2 the v4 stem of Fig. 3) its stem is Inception-v3's plus a
-`mixed_5b` block. Quirks kept for parity (REFERENCE.md 2, 3.1):
+`mixed_5b` block. Quirks kept for parity (REFERENCES.md §2.4, §3.1):
 
 * residual branches are scaled before the sum: 0.17 (35x35 Block35), 0.10 (17x17 Block17), 0.20 (8x8
   Block8), following the v4 paper's section 3.3, "Scaling of the Residuals" (factors between 0.1 and
@@ -64,7 +64,7 @@ from inception_jax.models.inception_v4 import (
 from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
-RESIDUAL_SCALES = (0.17, 0.10, 0.20)  # TF-slim / timm / Keras (REFERENCE.md 2)
+RESIDUAL_SCALES = (0.17, 0.10, 0.20)  # TF-slim / timm / Keras (REFERENCES.md §2.4; v4 paper section 3.3)
 
 
 # --------------------------------------------------------------------------------------- blocks

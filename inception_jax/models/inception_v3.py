@@ -5,7 +5,7 @@ Architecture for Computer Vision", arXiv:1512.00567).
 the same module tree and names (`Conv2d_1a_3x3` ... `Mixed_7c`, branches `branch1x1`, `branch5x5_1`,
 `branch3x3dbl_1`, `branch_pool`, ..., `AuxLogits/{conv0,conv1,fc}`, classifier `fc`), so their
 state_dicts load by name through `inception_jax.convert.from_torch`, and the logits match. The quirks
-that matter for that parity (REFERENCE.md 3.1, 3.2):
+that matter for that parity (REFERENCES.md §3.1, §3.2):
 
 * Average pools inside the blocks are 3x3/1 pad 1 with `count_include_pad=True` (PyTorch's default, kept by
   torchvision and timm). `avg_pool_count_include_pad=False` gives the TF / Keras / slim semantics instead.
@@ -71,8 +71,8 @@ of the "Inception-v2" row as Inception-v3 before the two architectural rows: `fa
 `bn_aux=False`; RMSProp and label smoothing are training settings (the config's optimizer and
 `label_smoothing`), not the model's. This is an interpretation: section 6, which introduces
 "Inception-v2", already says the 7x7 was factorised, and its Table 1 stem (conv 3x3 80 -> conv 3x3/2 192
--> conv 3x3 288 before the 35x35 modules) is not the released graph (REFERENCE.md 1, "Paper != released
-model"). We keep the released graph's blocks everywhere else, so v2 and v3 differ only in those two
+-> conv 3x3 288 before the 35x35 modules) is not the released graph (REFERENCES.md §1.2, "Paper vs
+released graph"). We keep the released graph's blocks everywhere else, so v2 and v3 differ only in those two
 switches. The paper's 3.8 vs 4.8 billion ops for v2 vs v3 is not reproduced by this reading (the stem
 change costs about 0.41 GMACs at 299).
 """
@@ -88,7 +88,7 @@ from inception_jax.models import layers
 from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import DataConfig, register_model
 
-MIN_INPUT_SIZE = 75  # below it Mixed_7a has no output (REFERENCE.md 3.5); 74 fails in timm too
+MIN_INPUT_SIZE = 75  # below it Mixed_7a has no output (REFERENCES.md §3.5); 74 fails in timm too
 AUX_MIN_GRID = 17  # Mixed_6e side where the reference aux head's 5x5/3 pool yields the 5x5 conv1 needs
 
 ModuleDef = Callable[..., nn.Module]

@@ -4,7 +4,7 @@ Connections on Learning"), layer for layer as timm's `inception_v4` (Cadene's po
 Module names follow timm's state_dict, so `inception_jax.convert.from_torch("inception_v4", ...)` loads
 timm weights by name: the trunk is `features_0` ... `features_21` (timm's `nn.Sequential` `features.N`),
 Sequential branches are `branch1_0`, `branch1_1`, ..., the classifier is `last_linear`. Quirks kept for
-parity (REFERENCE.md 3.1, 3.2):
+parity (REFERENCES.md §3.1, §3.2):
 
 * every stride-2 conv and pool is unpadded (VALID); every padded op is stride 1 with an odd kernel, so
   PyTorch's symmetric padding and TF 'SAME' agree and `padding_mode` does not change the network;
@@ -51,7 +51,7 @@ from inception_jax.models import layers
 from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
-MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REFERENCE.md 3.5).
+MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REFERENCES.md §3.5).
 
 
 # --------------------------------------------------------------------------------- shared helpers

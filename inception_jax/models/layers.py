@@ -6,9 +6,9 @@ Conventions every model file follows (so one generic converter can load timm/tor
   PyTorch `BasicConv2d` / `ConvNormAct` path `Mixed_5b.branch1x1.conv.weight`.
 * Padding is written as the PyTorch reference writes it (an int or (h, w) pair of symmetric pads).
   `padding_mode="tf"` turns every padded op into TF 'SAME' (asymmetric for even inputs with stride 2),
-  which is what TF-slim and Keras checkpoints expect (REFERENCE.md 3.2).
+  which is what TF-slim and Keras checkpoints expect (REFERENCES.md §3.2).
 * Average pools take `count_include_pad` explicitly: timm/torchvision Inception-v3 include the padding,
-  timm v4 / IR-v2 and every TF model exclude it (REFERENCE.md 3.2).
+  timm v4 / IR-v2 and every TF model exclude it (REFERENCES.md §3.2).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ PaddingMode = Literal["torch", "tf"]
 IntPair = int | tuple[int, int]
 
 # slim's variance_scaling_initializer (He-style, truncated) for convs; timm's trunc-normal std 0.1
-# gives exploding activations at init (REFERENCE.md 7), so we do not copy it.
+# gives exploding activations at init (REFERENCES.md §7), so we do not copy it.
 conv_init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 dense_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 

@@ -3,7 +3,7 @@
 MACs are counted analytically from the traced program: every `conv_general_dilated` and `dot_general`
 contributes output elements x contraction length. That is what `torch.utils.flop_counter` / timm's
 `infer_gmacs` count (conv and linear only; BN, pooling and activations are excluded), so our numbers
-compare directly with REFERENCE.md's. XLA's `cost_analysis` also counts elementwise work and differs.
+compare directly with REFERENCES.md §1's. XLA's `cost_analysis` also counts elementwise work and differs.
 """
 
 from __future__ import annotations

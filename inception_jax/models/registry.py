@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-INCEPTION_MEAN = (0.5, 0.5, 0.5)  # TF "inception" preprocessing: x / 127.5 - 1 (REFERENCE.md 3.1)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)  # TF "inception" preprocessing: x / 127.5 - 1 (REFERENCES.md §3.1)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
