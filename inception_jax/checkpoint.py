@@ -3,12 +3,18 @@
 Resume order (as big_vision): (1) the workdir's own latest checkpoint, (2) `config.init_from` weights
 (a converted `.msgpack` or another run's workdir/checkpoint), (3) from scratch. A checkpoint that fails
 to restore (torn or corrupted files) is reported and skipped in favour of the previous one.
-Every process takes part in every save and restore (multi-host orbax needs all of them).
+
+Several processes: every process takes part in every save and restore (multi-host orbax needs all of
+them). They try the steps process 0 lists, in the same order, and a step is used only when every
+process restored it (`parallel.all_processes`), so all resume from the same step. Replicated state is
+written from one host copy; a leaf sharded over the mesh is handed to orbax as the global array, so
+each process writes its own shards.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import zlib
@@ -18,19 +24,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from inception_jax import parallel
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 
 
 def host_copy(tree):
-    """This process's copy of a replicated pytree as numpy.
+    """This process's copy of a pytree: numpy for replicated leaves, sharded leaves left as they are.
 
-    Saving numpy rather than device arrays lets orbax write each leaf once instead of compiling a
-    slicing program per leaf shape to pick a replica (hundreds of compiles for an Inception tree),
-    and no buffer the next (donating) train step reuses is touched after this returns.
+    Saving numpy rather than device arrays lets orbax write each replicated leaf once instead of
+    compiling a slicing program per leaf shape to pick a replica (hundreds of compiles for an
+    Inception tree), and no buffer the next (donating) train step reuses is touched after this
+    returns. A leaf split over the mesh has no full copy on any one process; orbax writes it shard by
+    shard from the `jax.Array` (copied first, so donation cannot delete it mid-save).
     """
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else x, tree)
+    def leaf(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return x.copy()
+
+    return jax.tree.map(leaf, tree)
 
 
 class CheckpointWriteError(OSError):
@@ -42,13 +59,16 @@ class CorruptCheckpointError(ValueError):
 
 
 def state_digest(host_tree) -> str:
-    """CRC-32 over every leaf's path, dtype, shape and bytes, in tree order.
+    """CRC-32 over every host-local leaf's path, dtype, shape and bytes, in tree order.
 
     Stored in the checkpoint's metadata at save time and checked on restore, so a garbled array file
-    is caught even where the storage format itself has no checksum.
+    is caught even where the storage format itself has no checksum. Leaves sharded over several
+    processes (left as `jax.Array` by `host_copy`) are not covered: no process holds all their bytes.
     """
     crc = 0
     for path, leaf in jax.tree_util.tree_flatten_with_path(host_tree)[0]:
+        if isinstance(leaf, jax.Array):
+            continue
         a = np.ascontiguousarray(leaf)
         crc = zlib.crc32(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}".encode(), crc)
         crc = zlib.crc32(a.view(np.uint8).reshape(-1) if a.size else b"", crc)
@@ -71,7 +91,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,  # a save torn by a kill leaves a tmp dir; never read it
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self.skipped: list[int] = []  # steps restore_latest found unreadable, newest first
         self._failed = False
 
@@ -108,22 +129,41 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def restore_latest(self, abstract_state):
-        """Returns `(step, state, meta)` from the newest checkpoint that restores, or None."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
+        """Returns `(step, state, meta)` from the newest checkpoint every process restores, or None.
+
+        `abstract_state` may be a dataclass (the trainer's `TrainState`): fields that a checkpoint
+        written by an older version lacks come back as None for the caller to fill in.
+        """
+        for step in parallel.from_process_zero(sorted(self.manager.all_steps(), reverse=True)):
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-                )
-                meta = dict(restored["meta"])
-                _check_digest(restored["state"], meta)
+                state, meta = self._restore(step, abstract_state)
+                problem = None
             except Exception as e:  # orbax raises many types for torn/garbled files
-                log.warning("checkpoint at step %d in %s cannot be restored (%s: %s); trying an older one",
-                            step, self.directory, type(e).__name__, _first_line(e))
+                state = meta = None
+                problem = f"{type(e).__name__}: {_first_line(e)}"
+            if not parallel.all_processes(problem is None):
+                log.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one",
+                            step, self.directory, problem or "another process could not read it")
                 self.skipped.append(step)
                 continue
-            return step, restored["state"], meta
+            return step, state, meta
         return None
+
+    def _restore(self, step: int, abstract_state):
+        target, missing = abstract_state, []
+        if dataclasses.is_dataclass(abstract_state):
+            saved = self.manager.item_metadata(step)["state"].tree
+            fields = [f.name for f in dataclasses.fields(abstract_state)]
+            missing = [name for name in fields if name not in saved]
+            if missing:  # restore what the checkpoint has, as the dict orbax stored the dataclass as
+                target = {name: getattr(abstract_state, name) for name in fields if name not in missing}
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        state, meta = restored["state"], dict(restored["meta"])
+        if missing:  # the dataclass again, with None (no leaves: the digest sees the saved tree) for the rest
+            state = abstract_state.replace(**state, **{name: None for name in missing})
+        _check_digest(state, meta)
+        return state, meta
 
     def wait(self) -> None:
         """Blocks until the pending save is on disk; raises `CheckpointWriteError` if it failed."""

@@ -35,8 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.train_augment = "inception_crop"  # | "resize_flip" | "none"
     c.input.color_distortion = False
 
-    c.batch_size = 256  # global, over all devices of all processes
+    c.batch_size = 256  # global, over all devices of all processes, per optimizer update
     c.eval_batch_size = 256
+    c.grad_accum_steps = 1  # k > 1: each update averages k micro-batches of batch_size / k, run in turn
     c.total_steps = 0  # set exactly one of total_steps / num_epochs
     c.num_epochs = 0.0
     c.seed = 0
@@ -75,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.checkpoint_max_to_keep = 3
     c.progress_bar = True
+
+    c.compilation_cache = True  # JAX's persistent compilation cache: restarts and sweeps skip recompiling
+    c.compilation_cache_dir = placeholder(str)  # None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/inception_jax/xla
 
     c.init_from = placeholder(str)  # a converted .msgpack or another run's workdir: fine-tune from its weights
     c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit

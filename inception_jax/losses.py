@@ -29,7 +29,8 @@ def smoothed_cross_entropy(
 ) -> jax.Array:
     """Mean cross-entropy against q' = (1 - eps) * onehot(labels) + eps / K (Rethinking, section 7).
 
-    logits: [B, K] (computed in float32 whatever their dtype); labels: [B] integer class ids;
+    logits: [B, K] (computed in float32 or wider: bf16 logits are upcast, float64 ones kept); labels: [B]
+    integer class ids;
     mask: optional [B], 1 for real examples and 0 for padding; the mean is over unmasked examples
     (0 when all are masked). eps = 0 is plain cross-entropy.
     """
@@ -37,9 +38,10 @@ def smoothed_cross_entropy(
         raise ValueError(f"logits have {logits.shape[-1]} classes but num_classes={num_classes}")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {smoothing!r}")
-    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    targets = jax.nn.one_hot(labels, num_classes, dtype=dtype)
     targets = (1.0 - smoothing) * targets + smoothing / num_classes
-    per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    per_example = optax.softmax_cross_entropy(logits.astype(dtype), targets)
     return _masked_mean(per_example, mask)
 
 

@@ -1,9 +1,17 @@
 """The one trainer: `train_and_evaluate(config, workdir)`, importable from a notebook.
 
-Read top to bottom, in big_vision's order: validation, mesh, data, model and optimizer, state,
-steps, checkpoint restore, loop, final eval. Data parallel over every device of every process:
+Read top to bottom, in big_vision's order: validation, cluster and mesh, data, model and optimizer,
+state, checkpoint restore, steps, loop, final eval. Data parallel over every device of every process:
 `jax.jit` over a one-axis mesh (BatchNorm statistics over the global batch), or `jax.shard_map` when
 `config.bn_statistics == "per_device"` (statistics per device, as the papers' 32-per-replica training).
+With `config.grad_accum_steps = k` each update averages the gradients of k micro-batches of
+`batch_size / k` examples, run one after another (BatchNorm normalises each micro-batch by its own
+statistics), so a paper's global batch fits on fewer devices.
+
+Several processes run the same program on one global mesh: every process feeds its rows of the same
+global batch, takes part in every checkpoint save and restore, and stops at the same step when any
+of them is asked to (`parallel.StopVote`); only process 0 writes metrics, TensorBoard events,
+`config.json` and the progress bar.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from inception_jax import checkpoint as ckpt_lib
+from inception_jax import compilation
 from inception_jax import losses, metrics as metrics_lib, optim, parallel
 from inception_jax import validation
 from inception_jax.models import registry
@@ -40,6 +49,10 @@ class TrainState:
     opt_state: Any
     ema_params: Any  # Polyak/EMA parameter average used for eval; {} when config.ema_decay is off
     nonfinite_skips: jax.Array  # updates skipped for a NaN/Inf loss (config.on_nonfinite == "skip")
+    # EMA of the BatchNorm running statistics, evaluated with ema_params (TF-slim averages its
+    # moving_mean/moving_variance with the weights); {} when config.ema_decay is off. Checkpoints
+    # written before it existed restore with it started from the live statistics.
+    ema_batch_stats: Any
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,14 +77,24 @@ def init_state(model, tx, config, image_size: int, rng) -> TrainState:
     with jax.threefry_partitionable(False):
         variables = model.init({"params": rng, "dropout": rng}, x, train=False)
     params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
         opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params) if config.ema_decay else {},
         nonfinite_skips=jnp.zeros((), jnp.int32),
+        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats) if config.ema_decay else {},
     )
+
+
+def fill_missing_fields(state: TrainState, config) -> TrainState:
+    """Completes a state restored from an older checkpoint (fields it lacks come back as None)."""
+    if state.ema_batch_stats is None:
+        state = state.replace(
+            ema_batch_stats=jax.tree.map(jnp.copy, state.batch_stats) if config.ema_decay else {})
+    return state
 
 
 def _forward_loss(model, config, num_classes, params, batch_stats, batch, rng):
@@ -91,28 +114,68 @@ def _forward_loss(model, config, num_classes, params, batch_stats, batch, rng):
         aux_loss_weights=tuple(config.aux_loss_weights),
     )
     top1 = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
-    return loss, (new_vars.get("batch_stats", {}), parts, top1)
+    # Flax keeps running statistics in float32 but updates them in the compute dtype; cast back so the
+    # state's types never change between steps (a changed type would recompile the step).
+    new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype), new_vars.get("batch_stats", {}), batch_stats)
+    return loss, (new_stats, parts, top1)
 
 
 def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss) -> tuple[TrainState, jax.Array]:
+    """One optimizer update. `state.step` counts the updates applied, which is also the count optax's
+    schedule sees, so `schedule(state.step)` is the learning rate of the next update even after
+    skipped (non-finite) steps."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
+    ema, ema_bs = state.ema_params, state.ema_batch_stats
     if config.ema_decay:
         ema = optim.ema_update(state.ema_params, params, config.ema_decay, state.step)
+        ema_bs = optim.ema_update(state.ema_batch_stats, new_batch_stats, config.ema_decay, state.step)
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
-                        ema_params=ema)
-    if config.on_nonfinite == "skip":
-        keep_old = lambda n, o: jnp.where(finite, n, o)
-        new = jax.tree.map(keep_old, new, state.replace(step=state.step + 1))
+                        ema_params=ema, ema_batch_stats=ema_bs)
+    if config.on_nonfinite == "skip":  # everything stays as it was, the step count included
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         new = new.replace(nonfinite_skips=state.nonfinite_skips + (~finite).astype(jnp.int32))
     return new, finite
+
+
+def _accumulated(loss_grad, k: int):
+    """`loss_grad` over `k` micro-batches run in sequence: mean loss, metrics and gradients; BatchNorm
+    statistics are threaded through, so each micro-batch is normalised by its own statistics and the
+    running averages take k updates.
+
+    Micro-batch i is rows i, i + k, i + 2k, ... of the batch: with every device's row count a multiple
+    of k, each device splits its own rows, and the global and per-device steps cut the same micro-batches.
+    """
+    if k == 1:
+        return loss_grad
+
+    def fn(params, batch_stats, batch, rng):
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch)
+
+        def one(carry, i_mb):
+            i, mb = i_mb
+            bs, grads, loss, parts, top1 = carry
+            (l, (bs, p, t)), g = loss_grad(params, bs, mb, jax.random.fold_in(rng, i))
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (bs, add(grads, g), loss + l, add(parts, p), top1 + t), None
+
+        mb0 = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(loss_grad, params, batch_stats, mb0, rng)
+        zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
+        (loss0, (_, parts0, top10)), grads0 = shapes
+        init = (batch_stats, zeros(grads0), zeros(loss0), zeros(parts0), zeros(top10))
+        (bs, grads, loss, parts, top1), _ = jax.lax.scan(one, init, (jnp.arange(k), micro))
+        mean = lambda tree: jax.tree.map(lambda a: a / k, tree)
+        return (loss / k, (bs, mean(parts), top1 / k)), mean(grads)
+
+    return fn
 
 
 def make_train_step(model, tx, schedule, config, num_classes: int, mesh):
     """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated."""
     loss_grad = jax.value_and_grad(functools.partial(_forward_loss, model, config, num_classes), has_aux=True)
+    loss_grad = _accumulated(loss_grad, int(config.get("grad_accum_steps", 1) or 1))
 
     def metrics_of(state, loss, parts, top1, grads, finite):
         m = {
@@ -236,15 +299,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     except (ValueError, FileNotFoundError) as e:
         raise validation.ConfigError(str(e)) from None
 
-    # 2. Mesh over every device of every process.
+    # 2. Cluster (when launched as several processes), compilation cache, mesh over every device.
     parallel.initialize_distributed()
+    cache_dir = compilation.configure_cache(config.compilation_cache, config.compilation_cache_dir)
     mesh = parallel.make_mesh()
     is_main = jax.process_index() == 0
+    announce = functools.partial(print, flush=True) if is_main else None
     try:
-        local_bs = parallel.local_batch_size(config.batch_size, mesh)
-        local_eval_bs = parallel.local_batch_size(config.eval_batch_size, mesh, field="config.eval_batch_size")
+        validation.check_batch_split(config, mesh.devices.size)
+        train_rows = parallel.process_rows(mesh, config.batch_size)
+        eval_rows = parallel.process_rows(mesh, config.eval_batch_size)
     except ValueError as e:
         raise validation.ConfigError(str(e)) from None
+    if not info.random_access and jax.process_count() > 1:
+        log.warning("%s has no random access: batches depend on the number of processes", info.name)
 
     # 3. Model, durations, optimizer.
     image_size = validation.image_size(config)
@@ -256,6 +324,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
     except ValueError as e:
         raise validation.ConfigError(str(e)) from None
+    if announce:
+        announce(_describe_run(config, mesh, info, total_steps, cache_dir))
 
     # 4. State: shapes first, then a jitted init straight into the replicated layout.
     replicated = parallel.replicated(mesh)
@@ -265,12 +335,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     abstract_state = jax.eval_shape(init_fn, init_rng)
     state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
 
-    # 5. Restore: the workdir's own checkpoint, else init_from weights, else scratch.
+    # 5. Restore: the workdir's own checkpoint, else init_from weights, else scratch. Every process
+    #    restores the same step (a checkpoint any of them cannot read is skipped by all).
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.checkpoint_max_to_keep)
     restored = checkpointer.restore_latest(ckpt_lib.abstract_like(abstract_state, state_shardings))
     writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
     if restored is not None:
         start_step, state, _meta = restored
+        state = fill_missing_fields(state, config)
         log.info("resumed from %s at step %d", checkpointer.directory, start_step)
     else:
         start_step = 0
@@ -282,15 +354,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if is_main:
         metrics_lib.write_config(workdir, config)
 
-    train_step = make_train_step(model, tx, schedule, config, info.num_classes, mesh)
-    eval_step = make_eval_step(model, mesh)
-    eval_batches = functools.partial(
-        pipeline.make_eval_iterator, config, process_index=jax.process_index(),
-        process_count=jax.process_count(), local_batch_size=local_eval_bs)
+    # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
+    def batch_spec(batch_size: int, with_mask: bool):
+        spec = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32,
+                                              sharding=parallel.data_sharding(mesh)),
+                "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=parallel.data_sharding(mesh))}
+        if with_mask:
+            spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=parallel.data_sharding(mesh))
+        return spec
+
+    eval_step = compilation.compile_step(
+        "eval step", make_eval_step(model, mesh), state.params, state.batch_stats,
+        batch_spec(config.eval_batch_size, True), announce=announce)
+    eval_batches = functools.partial(pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size,
+                                     rows=eval_rows)
 
     def run_eval(state) -> dict[str, float]:
-        params = state.ema_params if config.ema_decay else state.params
-        return evaluate(eval_step, params, state.batch_stats, eval_batches, mesh)
+        if config.ema_decay:
+            return evaluate(eval_step, state.ema_params, state.ema_batch_stats, eval_batches, mesh)
+        return evaluate(eval_step, state.params, state.batch_stats, eval_batches, mesh)
 
     if config.eval_only:
         result = run_eval(state)
@@ -299,12 +381,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         checkpointer.close()
         return state
 
-    # 6. The loop.
-    train_iter = pipeline.make_train_iterator(config, process_index=jax.process_index(),
-                                              process_count=jax.process_count(), local_batch_size=local_bs,
+    train_step = compilation.compile_step(
+        "train step", make_train_step(model, tx, schedule, config, info.num_classes, mesh), state,
+        batch_spec(config.batch_size, False), dropout_rng, announce=announce)
+
+    # 7. The loop.
+    train_iter = pipeline.make_train_iterator(config, global_batch_size=config.batch_size, rows=train_rows,
                                               start_step=start_step)
     progress = metrics_lib.Progress(total_steps, start_step, enabled=is_main and config.progress_bar)
     throughput = metrics_lib.Throughput()
+    stop_vote = parallel.StopVote(mesh)
     pending: list[dict] = []
     last_saved = start_step if restored is not None else None
     step = start_step
@@ -320,8 +406,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     try:
         with StopRequest() as stop:
             while step < total_steps:
-                if stop.signal is not None:
-                    progress.write(f"received signal {stop.signal}: saving step {step} and exiting")
+                # Every process polls once per step and all see the same answer at the same step.
+                if stop_vote.poll(stop.signal is not None):
+                    why = f"received signal {stop.signal}" if stop.signal is not None else "another process stopped"
+                    progress.write(f"{why}: saving step {step} and exiting")
                     break
                 batch = parallel.global_batch(next(train_iter), mesh)
                 state, step_metrics = train_step(state, batch, dropout_rng)
@@ -362,6 +450,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                   flush=True)
     writer.close()
     return state
+
+
+def _describe_run(config, mesh, info, total_steps: int, cache_dir: str | None) -> str:
+    """The run's shape in one line: devices, processes, the global batch and how it is split."""
+    n_dev, k = mesh.devices.size, int(config.grad_accum_steps)
+    batch = f"global batch {config.batch_size}"
+    if k > 1:
+        batch += f" per update = {k} micro-batches of {config.batch_size // k}"
+    per_device = config.batch_size // k // n_dev
+    order = "global order" if info.random_access else "per-process order (no random access)"
+    cache = f"compilation cache {cache_dir}" if cache_dir else "compilation cache off"
+    return (f"{config.model.name} on {info.name}: {jax.process_count()} process(es), {n_dev} device(s); {batch} "
+            f"({per_device} per device, BatchNorm statistics {config.bn_statistics}); {total_steps} steps; "
+            f"data in {order}; {cache}")
 
 
 def _summarise(pending: list[dict]) -> dict[str, float]:

@@ -103,9 +103,25 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.ema_decay={c.ema_decay} must be in (0, 1) (e.g. 0.9999) or None to disable.")
     if c.grad_clip_norm is not None and c.grad_clip_norm <= 0:
         raise ConfigError(f"config.grad_clip_norm={c.grad_clip_norm} must be positive, or None to disable.")
+    if not isinstance(c.grad_accum_steps, int) or c.grad_accum_steps < 1:
+        raise ConfigError(f"config.grad_accum_steps={c.grad_accum_steps!r} must be a whole number >= 1 (1: no "
+                          "accumulation).")
     if any(w < 0 for w in c.aux_loss_weights):
         raise ConfigError(f"config.aux_loss_weights={tuple(c.aux_loss_weights)} must not be negative.")
     return c
+
+
+def check_batch_split(config, num_devices: int) -> None:
+    """The global batches split evenly over the devices, and each device's rows into the micro-batches."""
+    k = int(config.grad_accum_steps)
+    for field in ("batch_size", "eval_batch_size"):
+        size, unit = config[field], num_devices * (k if field == "batch_size" else 1)
+        if size <= 0 or size % unit:
+            lower = max(unit, size // unit * unit)
+            what = (f"the device count {num_devices}" if unit == num_devices else
+                    f"{unit} (the device count {num_devices} x config.grad_accum_steps={k})")
+            raise ConfigError(f"config.{field}={size} must be a positive multiple of {what}; use {lower} or "
+                              f"{lower + unit}.")
 
 
 def _get(c, dotted: str):

@@ -1,4 +1,5 @@
-"""Input pipeline tests: the offline digits builder, preprocessing ops, sharded train/eval iterators.
+"""Input pipeline tests: the offline digits builder, preprocessing ops, the global order, train/eval
+iterators over the rows of a global batch.
 
 Everything runs offline: digits and a ten-example dataset are built into tmp dirs, cifar10 and
 imagenet2012 come from `tfds.testing.mock_data`.
@@ -51,14 +52,15 @@ def test_digits_builds_offline_with_documented_splits(digits_dir):
     assert builder.info.splits["train"].num_examples == digits.NUM_TRAIN == 1500
     assert builder.info.splits["test"].num_examples == digits.NUM_TEST == 297
 
-    test = builder.as_dataset(split="test")
-    labels = np.array([int(ex["label"]) for ex in test])
+    test = builder.as_data_source(split="test")  # array_record: random access by index
+    labels = np.array([int(test[i]["label"]) for i in range(len(test))])
     assert set(np.bincount(labels, minlength=10)) <= {29, 30}  # Stratified: every class has its share.
-    image = next(iter(test))["image"].numpy()
+    image = test[0]["image"]
     assert image.shape == (8, 8, 1) and image.dtype == np.uint8 and image.max() == 255
 
     info = pipeline.dataset_info(make_config(data_dir=digits_dir))
     assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (10, 1500, 297)
+    assert info.random_access
 
 
 def test_digits_split_is_a_fixed_partition():
@@ -161,26 +163,51 @@ def test_color_distortion_range_and_rgb_normalize():
 # ---------------------------------------------------------------------------------------------- train
 
 
+def test_global_order_is_a_permutation_per_epoch_and_independent_of_the_row_split():
+    whole = pipeline.global_order(10, seed=3, global_batch_size=4, rows=(0, 4))
+    indices, epochs = zip(*[next(whole) for _ in range(10)])  # 40 positions: 4 epochs of 10
+    indices, epochs = np.concatenate(indices), np.concatenate(epochs)
+    assert epochs.tolist() == [p // 10 for p in range(40)]
+    for e in range(4):
+        assert sorted(indices[epochs == e]) == list(range(10))  # every example once per epoch
+    assert not np.array_equal(indices[:10], indices[10:20])  # ... in a new order each epoch
+    halves = [pipeline.global_order(10, 3, 4, rows) for rows in ((0, 2), (2, 4))]
+    split = np.concatenate([np.concatenate([next(h)[0] for h in halves]) for _ in range(10)])
+    np.testing.assert_array_equal(split, indices)
+    resumed = pipeline.global_order(10, 3, 4, (0, 4), start_step=7)
+    np.testing.assert_array_equal(next(resumed)[0], indices[28:32])
+
+
 @pytest.mark.parametrize("cache", [False, True])
-def test_train_iterator_on_digits_resumes_exactly(digits_dir, cache):
+def test_train_batches_are_the_same_for_any_row_split_and_resume_exactly(digits_dir, cache):
+    """One process feeding all 32 rows, or four feeding 8 each: the same global batches, bit for bit.
+    The first 100 training examples (TFDS split slicing) make every fourth batch cross an epoch."""
     config = make_config(data_dir=digits_dir, color_distortion=True)
     config.dataset.cache = cache
-    kwargs = dict(process_index=1, process_count=4, local_batch_size=32)
-    stream = pipeline.make_train_iterator(config, **kwargs)
-    batches = [next(stream) for _ in range(14)]  # 448 examples: crosses the 375-example shard's epoch end.
+    config.dataset.train_split = "train[:100]"
+    stream = pipeline.make_train_iterator(config, global_batch_size=32, rows=(0, 32))
+    batches = [next(stream) for _ in range(8)]  # 256 examples: epochs 0, 1 and part of 2
     first = batches[0]
     assert first["image"].shape == (32, 16, 16, 3) and first["image"].dtype == np.float32
     assert first["label"].shape == (32,) and first["label"].dtype == np.int32
     assert first["image"].min() >= -2.0 - 1e-6 and first["image"].max() <= 2.0 + 1e-6  # (x - 0.5) / 0.25
-    resumed = pipeline.make_train_iterator(config, start_step=10, **kwargs)
-    for expected in batches[10:]:
+    quarters = [pipeline.make_train_iterator(config, global_batch_size=32, rows=(8 * p, 8 * p + 8))
+                for p in range(4)]
+    for expected in batches[:4]:
+        got = np.concatenate([next(q)["image"] for q in quarters])
+        np.testing.assert_array_equal(got, expected["image"])
+    resumed = pipeline.make_train_iterator(config, global_batch_size=32, rows=(8, 16), start_step=6)
+    for expected in batches[6:]:  # batch 6 spans epochs 1 and 2
         got = next(resumed)
-        np.testing.assert_array_equal(got["image"], expected["image"])
-        np.testing.assert_array_equal(got["label"], expected["label"])
-    # Epochs are reshuffled: epoch 1 does not repeat epoch 0's order.
-    epoch0 = np.concatenate([b["label"] for b in batches])[:375]
-    epoch1 = np.concatenate([b["label"] for b in batches])[375:]
-    assert not np.array_equal(epoch0[: len(epoch1)], epoch1)
+        np.testing.assert_array_equal(got["image"], expected["image"][8:16])
+        np.testing.assert_array_equal(got["label"], expected["label"][8:16])
+    labels = np.concatenate([b["label"] for b in batches])
+    source = digits.Digits(data_dir=digits_dir).as_data_source("train[:100]")
+    expected_counts = np.bincount([int(source[i]["label"]) for i in range(100)], minlength=10)
+    for epoch in (0, 1):  # each epoch holds every training example once, in a new order
+        np.testing.assert_array_equal(np.bincount(labels[100 * epoch: 100 * epoch + 100], minlength=10),
+                                      expected_counts)
+    assert not np.array_equal(labels[:100], labels[100:200])
 
 
 @pytest.mark.parametrize("name", ["cifar10", "imagenet2012"])
@@ -190,7 +217,7 @@ def test_train_iterator_shapes_under_mock_data(name, augment):
     config.dataset.eval_split = "validation" if name == "imagenet2012" else "test"
     with tfds.testing.mock_data(num_examples=9):
         info = pipeline.dataset_info(config)
-        stream = pipeline.make_train_iterator(config, process_index=0, process_count=1, local_batch_size=4)
+        stream = pipeline.make_train_iterator(config, global_batch_size=4, rows=(0, 4))
         batches = [next(stream) for _ in range(3)]  # Runs past the 9 mock examples: the stream repeats.
     assert info.num_classes == (10 if name == "cifar10" else 1000)
     for batch in batches:
@@ -227,11 +254,12 @@ with tfds.core.registered.skip_registration():  # Not registered: the pipeline f
                 yield i, {"image": np.full((4, 4, 1), 20 * i, np.uint8), "label": i}
 
 
-@pytest.fixture(scope="module")
-def ten_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds_ten"))
+@pytest.fixture(scope="module", params=["array_record", "tfrecord"])
+def ten_dir(tmp_path_factory, request):
+    """The ten examples stored with random access (the global order) and without (per-process shards)."""
+    data_dir = str(tmp_path_factory.mktemp(f"tfds_ten_{request.param}"))
     TenExamples(data_dir=data_dir).download_and_prepare(
-        file_format="tfrecord", download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        file_format=request.param, download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
     return data_dir
 
@@ -240,20 +268,31 @@ def ten_dir(tmp_path_factory):
 def test_eval_covers_a_ragged_split_exactly_once(ten_dir, process_count):
     config = make_config(name="ten_examples", data_dir=ten_dir)
     per_process = []
-    for p in range(process_count):
-        batches = pipeline.make_eval_iterator(config, process_index=p, process_count=process_count, local_batch_size=4)
-        assert len(batches) == pipeline.num_eval_batches(config, process_count=process_count, local_batch_size=4)
+    for p in range(process_count):  # 4 rows per process
+        batches = pipeline.make_eval_iterator(config, global_batch_size=4 * process_count, rows=(4 * p, 4 * p + 4))
         per_process.append(list(batches))
+        assert len(batches) == len(per_process[0])
     assert len({len(b) for b in per_process}) == 1  # Same batch count everywhere: no multi-host deadlock.
-    assert len(per_process[0]) == {1: 3, 2: 2, 3: 1}[process_count]  # ceil(largest shard / 4)
+    assert len(per_process[0]) == {1: 3, 2: 2, 3: 1}[process_count]  # ceil(10 / global batch)
     labels = []
     for batches in per_process:
         for batch in batches:
             assert batch["image"].shape == (4, 16, 16, 3) and batch["mask"].dtype == np.bool_
             assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
             labels.extend(batch["label"][batch["mask"]].tolist())
-            assert np.all(batch["image"][~batch["mask"]] == 0)
+            assert np.all(batch["image"][~batch["mask"]] == 0) and np.all(batch["label"][~batch["mask"]] == 0)
     assert sorted(labels) == list(range(10))  # Every example exactly once.
+
+
+def test_a_dataset_without_random_access_still_trains_per_process(ten_dir, caplog):
+    config = make_config(name="ten_examples", data_dir=ten_dir, train_augment="none")
+    config.dataset.train_split = "test"
+    info = pipeline.dataset_info(config)
+    streams = [pipeline.make_train_iterator(config, global_batch_size=4, rows=(2 * p, 2 * p + 2)) for p in (0, 1)]
+    seen = np.concatenate([next(s)["label"] for _ in range(5) for s in streams])  # 20 rows: 2 epochs of 10
+    assert sorted(seen) == sorted(list(range(10)) * 2)
+    assert info.random_access == ("array_record" in ten_dir)
+    assert ("convert it once: tfds convert_format" in caplog.text) == (not info.random_access)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -278,13 +317,12 @@ def test_unprepared_dataset_fails_fast_with_build_command(tmp_path):
     with pytest.raises(pipeline.DatasetNotPreparedError) as err:
         pipeline.dataset_info(make_config(name="cifar10", data_dir=data_dir))
     with pytest.raises(pipeline.DatasetNotPreparedError):
-        pipeline.make_train_iterator(make_config(name="cifar10", data_dir=data_dir),
-                                     process_index=0, process_count=1, local_batch_size=2)
+        pipeline.make_train_iterator(make_config(name="cifar10", data_dir=data_dir), global_batch_size=2, rows=(0, 2))
     with pytest.raises(pipeline.DatasetNotPreparedError) as manual:
-        pipeline.make_eval_iterator(make_config(name="imagenet2012", data_dir=data_dir),
-                                    process_index=0, process_count=1, local_batch_size=2)
+        pipeline.make_eval_iterator(make_config(name="imagenet2012", data_dir=data_dir), global_batch_size=2,
+                                    rows=(0, 2))
     assert time.perf_counter() - start < 5.0
-    assert f"tfds build cifar10 --data_dir={data_dir}" in str(err.value)
+    assert f"tfds build cifar10 --file_format=array_record --data_dir={data_dir}" in str(err.value)
     assert "--manual_dir=" in str(manual.value) and "ILSVRC2012_img_train.tar" in str(manual.value)
 
 
@@ -295,4 +333,4 @@ def test_bad_split_and_augment_names_are_config_errors(digits_dir):
         pipeline.dataset_info(config)
     with pytest.raises(ValueError, match="train_augment"):
         pipeline.make_train_iterator(make_config(data_dir=digits_dir, train_augment="mixup"),
-                                     process_index=0, process_count=1, local_batch_size=2)
+                                     global_batch_size=2, rows=(0, 2))

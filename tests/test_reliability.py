@@ -34,10 +34,10 @@ DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
     """The built-in dataset, prepared once for this module."""
-    from inception_jax.data import digits  # noqa: F401  (registers the builder)
+    from inception_jax.data import digits
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    tfds.builder("digits", data_dir=data_dir).download_and_prepare()
+    digits.ensure_prepared(data_dir)
     return data_dir
 
 
@@ -86,6 +86,9 @@ BAD_CONFIGS = [
     ("unknown model option", ["--config.model.dropout=0.1"], r"config.model.dropout .*Did you mean config.model.dropout_rate"),
     ("input too small", ["--config.input.image_size=8"], r"config.input.image_size=8 is below googlenet's minimum input size 15"),
     ("batch vs devices", ["--config.batch_size=12"], r"config.batch_size=12 must be a positive multiple of the device count 8; use 8 or 16"),
+    ("batch vs micro-batches", ["--config.grad_accum_steps=4"],
+     r"config.batch_size=16 must be a positive multiple of 32 \(the device count 8 x config.grad_accum_steps=4\); use 32 or 64"),
+    ("accumulation steps", ["--config.grad_accum_steps=0"], r"config.grad_accum_steps=0 must be a whole number >= 1"),
     ("zero learning rate", ["--config.schedule.base_learning_rate=0.0"], r"config.schedule.base_learning_rate=0.0 must be positive"),
     ("negative steps", ["--config.total_steps=-3"], r"config.total_steps"),
     ("no steps at all", ["--config.total_steps=0"], r"set exactly one of config.total_steps \(0\) and config.num_epochs \(0.0\)"),

@@ -78,9 +78,13 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
     assert saved["model"]["name"] == "googlenet" and saved["total_steps"] == 4
     final = metrics_lib.read_metrics(str(tmp_path / "a"))[-1]
     assert final["step"] == 4 and final["eval/examples"] == 297
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "googlenet on digits: 1 process(es), 8 device(s); global batch 16 (2 per device" in out
+    assert "train step: " in out and "eval step: " in out
     train.train_and_evaluate(_digits_config(data_dir, eval_only=True), str(tmp_path / "a"))
-    assert f"top1 {final['eval/top1']:.4f}  top5 {final['eval/top5']:.4f}  (297 examples)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"top1 {final['eval/top1']:.4f}  top5 {final['eval/top5']:.4f}  (297 examples)" in out
+    assert "eval step: read from the compilation cache in" in out  # compiled by the first call
     assert metrics_lib.read_metrics(str(tmp_path / "a"))[-1] == final
 
     # Preempt the second run the way a cluster does: SIGTERM arrives while step 2 is being fed.
@@ -182,9 +186,12 @@ def test_nonfinite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypat
     c.on_nonfinite = "skip"
     state = train.train_and_evaluate(c, str(tmp_path / "skip"))
     assert int(state.nonfinite_skips) == 4
+    assert int(state.step) == 0  # no update was applied, so the schedule has not moved either
     assert all(np.isfinite(x).all() for x in _leaves(state))
     records = [r for r in metrics_lib.read_metrics(str(tmp_path / "skip")) if "train/nonfinite_skips" in r]
     assert records[-1]["train/nonfinite_skips"] == 4
+    # The logged learning rate is the one optax applies: still the first step's after 4 skips.
+    assert [r["train/learning_rate"] for r in records] == [pytest.approx(c.schedule.base_learning_rate)] * 4
 
 
 @pytest.mark.slow
@@ -258,3 +265,175 @@ def test_checkpoint_restores_onto_another_device_count(tmp_path):
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         assert a.sharding.mesh.devices.size == 2
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# --- Gradient accumulation, per-device vs global updates, EMA of BatchNorm statistics --------------
+
+class _NoBN(nn.Module):
+    """A conv + dense classifier without BatchNorm: accumulated and whole-batch gradients must agree."""
+
+    in_channels: int = 3
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train=False, return_endpoints=False):
+        h = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        feats = jnp.mean(h, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="fc")(feats), {"pre_logits": feats, "aux_logits": ()}
+
+
+def _optimizer_config(mode, **overrides):
+    c = _tiny_config(mode)
+    c.optimizer.name = "rmsprop"  # the papers' RMSProp with momentum, clipping and L2: a real optimizer
+    c.optimizer.weight_decay = 4e-5
+    c.grad_clip_norm = 2.0
+    c.schedule.base_learning_rate = 0.045
+    for k, v in overrides.items():
+        c[k] = v
+    return validation.validated(c)
+
+
+def _steps(model, config, batches, size, num_classes, n_steps=2):
+    from inception_jax import optim
+
+    mesh = parallel.make_mesh()
+    tx, schedule = optim.make_optimizer(config, 100, 100)
+    state = jax.device_put(train.init_state(model, tx, config, size, jax.random.key(0)), parallel.replicated(mesh))
+    step = train.make_train_step(model, tx, schedule, config, num_classes, mesh)
+    metrics = None
+    for batch in batches[:n_steps]:
+        state, metrics = step(state, parallel.global_batch(batch, mesh), jax.random.key(1))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("mode", ["global", "per_device"])
+def test_gradient_accumulation_equals_one_big_batch(mode):
+    """4 micro-batches of 8 (one per device each) give the update of one batch of 32, to float rounding."""
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(size=(32, 6, 6, 3)).astype(np.float32),
+                "label": rng.integers(0, 3, 32).astype(np.int32)} for _ in range(2)]
+    whole, m_whole = _steps(_NoBN(), _optimizer_config(mode), batches, 6, 3)
+    accumulated, m_acc = _steps(_NoBN(), _optimizer_config(mode, grad_accum_steps=4), batches, 6, 3)
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("train/loss", "train/grad_norm", "train/top1"):
+        np.testing.assert_allclose(m_whole[key], m_acc[key], rtol=1e-5)
+    assert int(accumulated.step) == 2  # one update per step, whatever the number of micro-batches
+
+
+def test_gradient_accumulation_normalises_each_micro_batch_by_its_own_statistics():
+    """With BatchNorm, the running mean after one step is that of 2 sequential micro-batch updates."""
+    x = np.random.default_rng(1).normal(size=(16, 4, 4, 3)).astype(np.float32)
+    labels = (np.arange(16) % 2).astype(np.int32)
+    state, _ = _steps(_OneBN(), _optimizer_config("global", grad_accum_steps=2), [{"image": x, "label": labels}],
+                      4, 2, n_steps=1)
+    micro = [x.reshape(8, 2, 4, 4, 3)[:, i] for i in range(2)]  # rows i, i + 2, ...: micro-batch i
+    mean = np.zeros(3)
+    for mb in micro:
+        mean = 0.9 * mean + 0.1 * mb.mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(state.batch_stats["bn"]["mean"], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_per_device_and_global_batchnorm_give_the_same_update_when_statistics_agree():
+    """Every device gets the same two examples, so per-device statistics equal the global ones: both
+    paths must then make the same RMSProp update (gradients averaged across devices, not summed)."""
+    n_dev = jax.device_count()
+    rng = np.random.default_rng(2)
+    batches = []
+    for _ in range(2):
+        two = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
+        batches.append({"image": np.tile(two, (n_dev, 1, 1, 1)), "label": np.tile([0, 1], n_dev).astype(np.int32)})
+    results = {mode: _steps(_OneBN(), _optimizer_config(mode), batches, 4, 2) for mode in ("global", "per_device")}
+    (g, mg), (p, mp) = results["global"], results["per_device"]
+    for a, b in zip(jax.tree.leaves((g.params, g.batch_stats, g.opt_state)),
+                    jax.tree.leaves((p.params, p.batch_stats, p.opt_state)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    initial, _ = _steps(_OneBN(), _optimizer_config("global"), batches, 4, 2, n_steps=0)
+    assert np.abs(g.params["fc"]["kernel"] - initial.params["fc"]["kernel"]).max() > 1e-3  # it did move
+    np.testing.assert_allclose(mg["train/loss"], mp["train/loss"], rtol=1e-6)
+
+
+def test_ema_averages_batchnorm_statistics_as_hand_computed():
+    """ema_batch_stats follows TF's ExponentialMovingAverage of the running statistics: decay
+    min(d, (1 + n) / (10 + n)) with n the updates before, starting from the initial statistics."""
+    import optax
+
+    config = validation.validated(_tiny_config("global"))
+    config.ema_decay = 0.5
+    model, mesh = _OneBN(), parallel.make_mesh()
+    tx = optax.sgd(0.0)
+    state = jax.device_put(train.init_state(model, tx, config, 4, jax.random.key(0)), parallel.replicated(mesh))
+    step = train.make_train_step(model, tx, lambda s: 0.0, config, 2, mesh)
+    rng = np.random.default_rng(3)
+    mean, var = np.zeros(3), np.ones(3)  # the running statistics, by hand (momentum 0.9)
+    ema_mean, ema_var = mean.copy(), var.copy()
+    for n in range(3):
+        x = (rng.normal(size=(16, 4, 4, 3)) * (n + 1) + n).astype(np.float32)
+        state, _ = step(state, parallel.global_batch({"image": x, "label": np.zeros(16, np.int32)}, mesh),
+                        jax.random.key(1))
+        mean = 0.9 * mean + 0.1 * x.mean(axis=(0, 1, 2))
+        var = 0.9 * var + 0.1 * x.var(axis=(0, 1, 2))
+        d = min(0.5, (1 + n) / (10 + n))
+        ema_mean, ema_var = d * ema_mean + (1 - d) * mean, d * ema_var + (1 - d) * var
+    got = jax.device_get(state.ema_batch_stats["bn"])
+    np.testing.assert_allclose(got["mean"], ema_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["var"], ema_var, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.device_get(state.batch_stats["bn"]["mean"]), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_from_before_the_bn_ema_still_restore(tmp_path):
+    """A TrainState saved without `ema_batch_stats` (the layout before it existed) restores, passes its
+    digest check, and gets the live statistics as the starting average."""
+    import flax
+    import optax
+
+    from inception_jax import checkpoint as ckpt_lib
+
+    @flax.struct.dataclass
+    class OldTrainState:
+        step: jax.Array
+        params: object
+        batch_stats: object
+        opt_state: object
+        ema_params: object
+        nonfinite_skips: jax.Array
+
+    config = validation.validated(_tiny_config("global"))
+    config.ema_decay = 0.999
+    model, tx, mesh = _OneBN(), optax.sgd(0.1), parallel.make_mesh()
+    new = train.init_state(model, tx, config, 4, jax.random.key(0))
+    stats = {"bn": {"mean": np.full(3, 0.25, np.float32), "var": np.full(3, 2.0, np.float32)}}
+    old = OldTrainState(step=np.int32(7), params=jax.device_get(new.params), batch_stats=stats,
+                        opt_state=jax.device_get(new.opt_state), ema_params=jax.device_get(new.ema_params),
+                        nonfinite_skips=np.int32(0))
+    saver = ckpt_lib.Checkpointer(str(tmp_path))
+    saver.save(7, old, {"step": 7})
+    saver.close()
+
+    abstract = jax.eval_shape(lambda: new)
+    target = ckpt_lib.abstract_like(abstract, jax.tree.map(lambda _: parallel.replicated(mesh), abstract))
+    step, restored, _ = ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(target)
+    assert step == 7 and restored.ema_batch_stats is None
+    state = train.fill_missing_fields(restored, config)
+    assert int(state.step) == 7
+    np.testing.assert_array_equal(state.ema_batch_stats["bn"]["var"], 2.0)
+    np.testing.assert_array_equal(state.batch_stats["bn"]["mean"], 0.25)
+
+
+def test_sharded_state_round_trips_through_a_checkpoint(tmp_path):
+    """A leaf split over the 8 devices is saved shard by shard and restores onto 2 devices intact."""
+    from inception_jax import checkpoint as ckpt_lib
+
+    eight = parallel.make_mesh()
+    value = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
+    tree = {"sharded": jax.device_put(value, parallel.data_sharding(eight)),
+            "replicated": jax.device_put(np.float32(5.0), parallel.replicated(eight))}
+    saver = ckpt_lib.Checkpointer(str(tmp_path))
+    saver.save(1, tree, {"step": 1})
+    saver.close()
+    two = parallel.make_mesh(jax.devices()[:2])
+    target = {"sharded": jax.ShapeDtypeStruct((64, 3), np.float32, sharding=parallel.data_sharding(two)),
+              "replicated": jax.ShapeDtypeStruct((), np.float32, sharding=parallel.replicated(two))}
+    _, restored, _ = ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(target)
+    np.testing.assert_array_equal(np.asarray(restored["sharded"]), value)
+    assert restored["sharded"].sharding.mesh.devices.size == 2 and float(restored["replicated"]) == 5.0

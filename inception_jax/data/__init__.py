@@ -9,9 +9,10 @@ from inception_jax.data.pipeline import (
     DatasetNotPreparedError,
     EvalBatches,
     dataset_info,
+    epoch_permutation,
+    global_order,
     make_eval_iterator,
     make_train_iterator,
-    num_eval_batches,
 )
 
 __all__ = [
@@ -20,8 +21,9 @@ __all__ = [
     "EvalBatches",
     "dataset_info",
     "digits",
+    "epoch_permutation",
+    "global_order",
     "make_eval_iterator",
     "make_train_iterator",
-    "num_eval_batches",
     "preprocess",
 ]

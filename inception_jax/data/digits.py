@@ -50,8 +50,11 @@ def split_indices() -> dict[str, np.ndarray]:
 class Digits(tfds.core.GeneratorBasedBuilder):
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes), split 1500 train / 297 test."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release: stratified 1500/297 split of sklearn's load_digits."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release: stratified 1500/297 split of sklearn's load_digits.",
+        "1.1.0": "Stored as array_record (random access: the trainer reads examples by global index).",
+    }
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -91,7 +94,7 @@ def ensure_prepared(data_dir: str | os.PathLike | None = None) -> tfds.core.Data
         return builder
     try:
         builder.download_and_prepare(
-            file_format="tfrecord",  # `as_dataset` reads tfrecord; array_record is for `as_data_source`.
+            file_format="array_record",  # random access, for `as_data_source`
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
     except Exception:

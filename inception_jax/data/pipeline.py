@@ -1,53 +1,60 @@
 """The per-process tf.data input pipeline: TFDS -> augment -> numpy batches. TensorFlow stays in here.
 
 The trainer sees only numpy: `make_train_iterator` and `make_eval_iterator` yield dicts of arrays,
-`{"image": float32 (B, H, W, 3), "label": int32 (B,)}`, plus `"mask": bool (B,)` for eval. Each process
-reads only its own shard of the split (`tfds.even_splits(split, process_count)[process_index]`) and
-`B` is the process-local batch. Importing this module hides GPUs from TensorFlow, so tf.data never
-takes accelerator memory from JAX.
+`{"image": float32 (B, H, W, 3), "label": int32 (B,)}`, plus `"mask": bool (B,)` for eval, where `B`
+is the number of global-batch rows this process feeds (`rows`, from `parallel.process_rows`).
+Importing this module hides GPUs from TensorFlow, so tf.data never takes accelerator memory from JAX.
+
+**The global batch does not depend on the number of processes.** Examples are read by index from
+TFDS's random-access source (`builder.as_data_source`, the array_record file format): epoch `e` is a
+permutation of the whole split drawn from `(config.seed, e)`, global batch `k` is positions
+`[k * batch_size, (k + 1) * batch_size)` of the concatenated epochs, and each process reads only the
+rows of it that its devices hold. One process with 8 devices and 2 processes with 4 devices each
+therefore train on the same examples in the same order, a run can resume on another cluster size, and
+resuming at `start_step` costs nothing (positions are computed, not skipped). Each example's
+augmentation is seeded from `(config.seed, e, its index)`, so it too depends on nothing else.
+Evaluation reads global batch `k` of the split in order; positions past its end are padding rows
+(zero image, label 0, mask False), so every process yields `ceil(N / eval_batch_size)` batches and
+each example is counted once. With `config.dataset.cache`, the split's encoded records are read once
+and kept in memory.
+
+Datasets stored only as tfrecord (TFDS's default) have no random access. They still train: each
+process then reads its own shard of the split (`tfds.even_splits`) through a shuffle buffer seeded from
+`(config.seed, e)`, which makes the batches depend on the process count (a warning says so).
+Convert such a dataset once to get the global order:
+`tfds convert_format --dataset_version_dir=DATA/NAME/VERSION --out_file_format=array_record`.
 
 The program never downloads. A dataset must already be prepared in `config.dataset.data_dir` (None:
 the TFDS default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`); otherwise `dataset_info` and the
 iterators fail at once with the command that prepares it. The one exception is `digits` (the built-in
 scikit-learn digits builder, `inception_jax.data.digits`), which is built offline on first use.
 
-Preparing the usual datasets (run once, on a machine with network; then copy the data dir if needed):
+Preparing the usual datasets (run once, on a machine with network; then copy the data dir if needed;
+`--file_format=array_record` gives the random access described above):
 
 - `imagenet2012` (ILSVRC-2012, 1000 classes; 1,281,167 train / 50,000 validation). Manual download:
   register at https://image-net.org, put `ILSVRC2012_img_train.tar` and `ILSVRC2012_img_val.tar` in a
-  folder, then `tfds build imagenet2012 --data_dir=DATA --manual_dir=FOLDER` (hours; about 150 GB).
-  Config: `train_split="train"`, `eval_split="validation"` (the `test` split has no labels),
-  `image_size=299`, `crop_pct=0.875`, `mean=std=(0.5, 0.5, 0.5)` for the Inception [-1, 1] input range.
-  Labels are 0..999; TF-slim checkpoints are 1001-way with a background class at 0.
+  folder, then `tfds build imagenet2012 --file_format=array_record --data_dir=DATA --manual_dir=FOLDER`
+  (hours; about 150 GB). Config: `train_split="train"`, `eval_split="validation"` (the `test` split has
+  no labels), `image_size=299`, `crop_pct=0.875`, `mean=std=(0.5, 0.5, 0.5)` for the Inception [-1, 1]
+  input range. Labels are 0..999; TF-slim checkpoints are 1001-way with a background class at 0.
 - `imagenette` (10 easy ImageNet classes, about 9.5k train / 3.9k validation):
-  `tfds build imagenette/320px-v2 --data_dir=DATA` (also `160px-v2`, `full-size-v2`);
-  `name="imagenette/320px-v2"`, `train_split="train"`, `eval_split="validation"`.
-- `cifar10` / `cifar100` (32x32, 50k train / 10k test): `tfds build cifar10 --data_dir=DATA`;
-  `eval_split="test"`. The pipeline upsamples to `image_size` (at least 75 for Inception-v3/v4 and
-  IR-v2); `crop_pct=1.0` evaluates on the whole image, and `train_augment="resize_flip"` suits such
-  small images better than an 8%-area crop.
-- `tf_flowers` (3,670 photos, 5 classes) has only a `train` split: `tfds build tf_flowers`, then
-  `train_split="train[:90%]"`, `eval_split="train[90%:]"`.
-Any TFDS split string works (`"train[:10%]"`, `"train+validation"`); sharding applies on top of it.
-
-Training stream and resuming (`start_step`): epoch `e` of a process is its shard read in file order,
-shuffled with a buffer of `config.dataset.shuffle_buffer` seeded from `(config.seed, e)`; epochs follow
-each other and batches run across epoch boundaries. Each example's augmentation is seeded from
-`(config.seed, e, its index in the split's read order)`, so neither depends on where the stream
-started. With `config.dataset.cache`, decoded images are kept in memory after the first epoch (JPEG
-crops then come from the decoded image rather than from a crop-during-decode: see
-`preprocess.decode_and_inception_crop`). A run
-resumed at `start_step` jumps to epoch `start_step * B // shard_size` directly and skips the rest
-within that epoch before augmenting (reading the skipped records, never decoding them): at most one
-epoch of cheap reads, and the batches are exactly those the uninterrupted run would have produced
-(same process count and local batch size). The order is shuffle-buffer based, not a full random
-permutation: TFDS tfrecord files do not allow random access.
+  `tfds build imagenette/320px-v2 --file_format=array_record --data_dir=DATA` (also `160px-v2`,
+  `full-size-v2`); `name="imagenette/320px-v2"`, `train_split="train"`, `eval_split="validation"`.
+- `cifar10` / `cifar100` (32x32, 50k train / 10k test): `tfds build cifar10 --file_format=array_record
+  --data_dir=DATA`; `eval_split="test"`. The pipeline upsamples to `image_size` (at least 75 for
+  Inception-v3/v4 and IR-v2); `crop_pct=1.0` evaluates on the whole image, and
+  `train_augment="resize_flip"` suits such small images better than an 8%-area crop.
+- `tf_flowers` (3,670 photos, 5 classes) has only a `train` split: `tfds build tf_flowers
+  --file_format=array_record`, then `train_split="train[:90%]"`, `eval_split="train[90%:]"`.
+Any TFDS split string works (`"train[:10%]"`, `"train+validation"`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import logging
 import math
 import os
@@ -59,13 +66,15 @@ import tensorflow_datasets as tfds
 
 from inception_jax.data import digits, preprocess
 
+log = logging.getLogger(__name__)
+
 try:
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:  # TF already initialised its devices (someone used it before importing us).
-    logging.getLogger(__name__).warning("TensorFlow's devices were initialised already; cannot hide GPUs.")
+    log.warning("TensorFlow's devices were initialised already; cannot hide GPUs.")
 
 TRAIN_AUGMENTS = ("inception_crop", "resize_flip", "none")
-_SHUFFLE_SALT = 0x5EED  # Keeps the shuffle seeds apart from the augmentation seeds of the same config.seed.
+_SHUFFLE_SALT = 0x5EED  # Keeps the order's seeds apart from the augmentation seeds of the same config.seed.
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -83,6 +92,7 @@ class DatasetInfo:
     image_shape: tuple  # As stored, e.g. (None, None, 3) for ImageNet, (8, 8, 1) for digits.
     label_names: tuple[str, ...] | None
     data_dir: str  # The prepared dataset's own folder (name/config/version).
+    random_access: bool  # Readable by index: the batches do not depend on the process count.
 
 
 def _cfg(section, name: str, default: Any) -> Any:
@@ -92,6 +102,7 @@ def _cfg(section, name: str, default: Any) -> Any:
 
 def _not_prepared_message(builder: tfds.core.DatasetBuilder, name: str) -> str:
     root = str(builder.data_dir_root)
+    build = f"tfds build {name} --file_format=array_record --data_dir={root}"
     lines = [
         f"config.dataset.name={name!r}: TFDS dataset {builder.name} {builder.version} is not prepared in the "
         f"data dir {root!r} (no dataset_info.json in {builder.data_dir}). This program never downloads data.",
@@ -100,12 +111,12 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, name: str) -> str:
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         manual = os.path.join(root, "downloads", "manual")
         lines += [
-            f"  tfds build {name} --data_dir={root} --manual_dir={manual}",
+            f"  {build} --manual_dir={manual}",
             f"{builder.name} needs a manual download into the manual dir ({manual} by default):",
             "  " + " ".join(str(builder.MANUAL_DOWNLOAD_INSTRUCTIONS).split()),
         ]
     else:
-        lines.append(f"  tfds build {name} --data_dir={root}")
+        lines.append(f"  {build}")
     return "\n".join(lines)
 
 
@@ -143,9 +154,9 @@ def _builder(config) -> tfds.core.DatasetBuilder:
 
 
 def _readable(builder: tfds.core.DatasetBuilder, split) -> bool:
-    """Whether `as_dataset` works although the files are missing: true under `tfds.testing.mock_data`.
+    """Whether the split reads although the files are missing: true under `tfds.testing.mock_data`.
 
-    Cheap either way: an unprepared builder fails `as_dataset`'s existence checks before reading.
+    Cheap either way: an unprepared builder fails the readers' existence checks before reading.
     """
     try:
         builder.as_dataset(split=split, read_config=tfds.ReadConfig(try_autocache=False))
@@ -154,11 +165,22 @@ def _readable(builder: tfds.core.DatasetBuilder, split) -> bool:
     return True
 
 
+def _source(builder: tfds.core.DatasetBuilder, split):
+    """TFDS's random-access source of `split` with images left encoded, or None (tfrecord only)."""
+    if not isinstance(builder.info.features["image"], tfds.features.Image):
+        return None
+    try:
+        return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    except (NotImplementedError, ValueError):  # no random-access file format among the prepared ones
+        return None
+
+
 def _split_size(builder: tfds.core.DatasetBuilder, split, field: str, config) -> int:
     if not builder.info.splits:
         # No split metadata although readable: a builder mocked by tfds.testing.mock_data without
-        # metadata files. Its datasets declare their size; every (sub)split has all the mock examples.
-        size = int(_read(builder, split).cardinality())
+        # metadata files. Its sources declare their size; every (sub)split has all the mock examples.
+        source = _source(builder, split)
+        size = len(source) if source is not None else int(_read(builder, split).cardinality())
         if size < 0:
             raise ValueError(f"{config.dataset.name!r} has no split metadata and {split!r} no known size")
         return size
@@ -185,6 +207,7 @@ def dataset_info(config) -> DatasetInfo:
         image_shape=tuple(features["image"].shape),
         label_names=tuple(names) if names else None,
         data_dir=str(builder.data_dir),
+        random_access=_source(builder, config.dataset.train_split) is not None,
     )
 
 
@@ -214,6 +237,13 @@ def _check_input(config) -> None:
     missing = [f"config.input.{k}" for k in ("image_size", "mean", "std") if _cfg(config.input, k, None) is None]
     if missing:
         raise ValueError(f"{', '.join(missing)} must be set (the trainer fills them from the model's defaults)")
+
+
+def _check_rows(global_batch_size: int, rows) -> tuple[int, int]:
+    start, stop = (rows.start, rows.stop) if isinstance(rows, slice) else tuple(rows)
+    if not 0 <= start < stop <= global_batch_size:
+        raise ValueError(f"rows={rows!r} must be a non-empty part of the global batch [0, {global_batch_size})")
+    return int(start), int(stop)
 
 
 def _finish(image: tf.Tensor, config) -> tf.Tensor:
@@ -257,44 +287,183 @@ def _train_fn(config, channels: int):
     return fn
 
 
-def _shard(builder, config, field: str, process_index: int, process_count: int):
-    """(this process's sub-split, the sizes of every process's sub-split)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} is not in [0, process_count={process_count})")
-    shards = tfds.even_splits(config.dataset[field], n=process_count)
-    sizes = [_split_size(builder, shard, field, config) for shard in shards]
-    return shards[process_index], sizes
+def _eval_fn(config, channels: int):
+    size = int(config.input.image_size)
+    crop_pct = float(_cfg(config.input, "crop_pct", 1.0))
+    interpolation = _cfg(config.input, "interpolation", "bilinear")
+
+    def fn(ex):
+        image = preprocess.central_crop(_decoded(ex["image"], channels), size, crop_pct, interpolation=interpolation)
+        return {"image": _finish(image, config), "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------- order
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the split in `epoch`: a permutation of `range(num_examples)` drawn from (seed, epoch)."""
+    return np.random.default_rng([int(seed), _SHUFFLE_SALT, int(epoch)]).permutation(num_examples)
+
+
+def global_order(num_examples: int, seed: int, global_batch_size: int, rows, start_step: int = 0):
+    """Yields `(indices, epochs)` of this process's `rows` of global batches `start_step, start_step + 1, ...`.
+
+    Global batch `k` is positions `[k * B, (k + 1) * B)` of the epochs' permutations laid end to end,
+    so a batch may span two epochs; it depends on the seed and `B` only, never on how the rows are split.
+    """
+    start, stop = _check_rows(global_batch_size, rows)
+    offsets = np.arange(start, stop, dtype=np.int64)
+    permutations: dict[int, np.ndarray] = {}
+    for step in itertools.count(start_step):
+        positions = step * global_batch_size + offsets
+        epochs = positions // num_examples
+        indices = np.empty_like(positions)
+        for e in np.unique(epochs):
+            if e not in permutations:
+                permutations = {k: v for k, v in permutations.items() if k >= e - 1}
+                permutations[e] = epoch_permutation(num_examples, seed, e)
+            here = epochs == e
+            indices[here] = permutations[e][positions[here] % num_examples]
+        yield indices, epochs
+
+
+class _Records:
+    """Reads a split's examples by index from a TFDS random-access source.
+
+    Serialized records are read by array_record's batched reader (C++, outside the GIL) and parsed in
+    TensorFlow's parallel map, as a tfrecord stream is. Sources that hold no serialized records
+    (`tfds.testing.mock_data`'s) are decoded by TFDS in Python instead. With `cache`, the split is
+    read once and kept in memory: decoded, when every image has the same shape (digits, CIFAR), else
+    as encoded records.
+    """
+
+    def __init__(self, source, features, channels: int, cache: bool):
+        self.size = len(source)
+        self._features = features
+        raw = getattr(source, "data_source", None)
+        self._serialized = raw is not None and self.size > 0 and isinstance(raw[0], bytes)
+        if self._serialized:
+            self._read_many = lambda keys: raw.__getitems__(keys)
+        else:
+            self._read_many = lambda keys: [source[k] for k in keys]
+        self._cached = self._decoded = None
+        if cache:
+            self._cached = self._read_many(list(range(self.size)))
+            if None not in features["image"].shape and self.size:
+                self._decoded = self._decode_all(channels)
+
+    def _decode_all(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every cached example decoded, as (uint8 images [N, H, W, C], int64 labels [N])."""
+        ds = tf.data.Dataset.from_tensor_slices(self._read(np.arange(self.size)))
+        ds = ds.map(lambda *r: self.example(self._as_row(r)), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda ex: (preprocess.decode(ex["image"], channels), ex["label"]))
+        images, labels = next(iter(ds.batch(self.size).as_numpy_iterator()))
+        return images, labels.astype(np.int64)
+
+    def _as_row(self, read) -> dict:
+        return {"record": read[0]} if self._serialized else {"image": read[0], "label": read[1]}
+
+    def _read(self, indices: np.ndarray):
+        keys = [int(i) for i in indices]
+        if self._decoded is not None:
+            return self._decoded[0][keys], self._decoded[1][keys]
+        records = [self._cached[k] for k in keys] if self._cached is not None else self._read_many(keys)
+        if self._serialized:
+            return (np.array(records, dtype=object),)
+        return (np.array([r["image"] for r in records], dtype=object),
+                np.array([int(r["label"]) for r in records], dtype=np.int64))
+
+    def rows(self, index_batches, num_rows: int) -> tf.data.Dataset:
+        """`index_batches` (a generator function of (indices, extra) pairs) -> one element per row,
+        {"record", or "image" and "label"; "index", "extra"}, in order; `example` finishes a row."""
+        spec = (tf.TensorSpec([num_rows], tf.int64), tf.TensorSpec([num_rows], tf.int64))
+        ds = tf.data.Dataset.from_generator(index_batches, output_signature=spec)
+        if self._decoded is not None:
+            types, shapes = (tf.uint8, tf.int64), ([num_rows, *self._decoded[0].shape[1:]], [num_rows])
+        elif self._serialized:
+            types, shapes = (tf.string,), ([num_rows],)
+        else:
+            types, shapes = (tf.string, tf.int64), ([num_rows], [num_rows])
+
+        def read(indices, extra):
+            out = tf.numpy_function(self._read, [indices], types, stateful=False)
+            for tensor, shape in zip(out, shapes):
+                tensor.set_shape(shape)
+            row = {"record": out[0]} if len(out) == 1 else {"image": out[0], "label": out[1]}
+            return {**row, "index": indices, "extra": extra}
+
+        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+    def example(self, row) -> dict:
+        """{"image" (encoded, or decoded from the cache), "label"} of a row of `rows`."""
+        if "record" not in row:
+            return {"image": row["image"], "label": row["label"]}
+        example = self._features.deserialize_example(row["record"], decoders={"image": tfds.decode.SkipDecoding()})
+        return {"image": example["image"], "label": example["label"]}
+
+
+def _warn_no_random_access(config) -> None:
+    log.warning(
+        "config.dataset.name=%r is stored without random access (tfrecord): each process reads its own shard "
+        "of the split, so which examples form a batch depends on the number of processes. For the same "
+        "batches on any cluster size, convert it once: tfds convert_format --dataset_version_dir=<its "
+        "folder> --out_file_format=array_record", config.dataset.name)
+
+
+# ---------------------------------------------------------------------------------------------- train
 
 
 def make_train_iterator(
-    config, *, process_index: int, process_count: int, local_batch_size: int, start_step: int = 0
+    config, *, global_batch_size: int, rows, start_step: int = 0
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless augmented training batches of this process's shard, starting at batch `start_step`.
+    """Endless augmented training batches: this process's `rows` of global batches `start_step, ...`.
 
-    Yields {"image": float32 (local_batch_size, S, S, 3), "label": int32 (local_batch_size,)} with
-    S = config.input.image_size. Deterministic given config.seed, the process layout and the batch size;
-    see the module docstring for the stream's order and how `start_step` resumes it.
+    Yields {"image": float32 (R, S, S, 3), "label": int32 (R,)} with R = the number of rows and
+    S = config.input.image_size. Deterministic given config.seed and the global batch size; see the
+    module docstring for the order and how `start_step` resumes it.
     """
-    if local_batch_size <= 0 or start_step < 0:
-        raise ValueError(f"need local_batch_size > 0 and start_step >= 0, got {local_batch_size}, {start_step}")
+    if global_batch_size <= 0 or start_step < 0:
+        raise ValueError(f"need global_batch_size > 0 and start_step >= 0, got {global_batch_size}, {start_step}")
+    start, stop = _check_rows(global_batch_size, rows)
     _check_input(config)
     builder = _builder(config)
     channels = _channels(builder)
     train_fn = _train_fn(config, channels)
-    shard, sizes = _shard(builder, config, "train_split", process_index, process_count)
+    split = config.dataset.train_split
+    source = _source(builder, split)
+    if source is None:
+        _warn_no_random_access(config)
+        local = stop - start
+        ds = _stream_train(builder, config, channels, split, start // local, global_batch_size // local,
+                           local, start_step)
+    else:
+        records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
+        if records.size == 0:
+            raise ValueError(f"config.dataset.train_split={split!r} has no examples")
+        order = lambda: global_order(records.size, int(config.seed), global_batch_size, (start, stop), start_step)
+        augment = train_fn  # "extra" is each row's epoch; parsing and augmenting are one map
+        train_fn = lambda row: augment({**records.example(row), "index": row["index"], "epoch": row["extra"]})
+        ds = records.rows(order, stop - start)
+    ds = ds.map(train_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return iter(ds.as_numpy_iterator())
+
+
+def _stream_train(builder, config, channels, split, process_index, process_count, local_batch_size, start_step):
+    """The fallback for tfrecord-only datasets: this process's shard through a seeded shuffle buffer."""
+    shards = tfds.even_splits(split, n=process_count)
+    sizes = [_split_size(builder, shard, "train_split", config) for shard in shards]
     shard_size = sizes[process_index]
     if shard_size == 0:
-        raise ValueError(
-            f"config.dataset.train_split={config.dataset.train_split!r} leaves no examples for process "
-            f"{process_index} of {process_count}"
-        )
+        raise ValueError(f"config.dataset.train_split={split!r} leaves no examples for process "
+                         f"{process_index} of {process_count}")
     first_index = sum(sizes[:process_index])  # Indices count within the whole split, across processes.
-
-    base = _read(builder, shard).enumerate(start=first_index)
+    base = _read(builder, shards[process_index]).enumerate(start=first_index)
     base = base.map(lambda i, ex: {**ex, "index": i})
     if _cfg(config.dataset, "cache", False):
         base = base.map(lambda ex: {**ex, "image": preprocess.decode(ex["image"], channels)}).cache()
-
     buffer = int(_cfg(config.dataset, "shuffle_buffer", 10_000))
     shuffle_key = tf.constant([int(config.seed), _SHUFFLE_SALT], tf.int64)
 
@@ -305,10 +474,10 @@ def make_train_iterator(
         return shuffled.map(lambda ex: {**ex, "epoch": e})
 
     first_epoch, skip = divmod(start_step * local_batch_size, shard_size)
-    ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
-    ds = ds.map(train_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return iter(ds.as_numpy_iterator())
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch).skip(skip)
+
+
+# ---------------------------------------------------------------------------------------------- eval
 
 
 class EvalBatches:
@@ -328,43 +497,50 @@ class EvalBatches:
         return self.num_batches
 
 
-def num_eval_batches(config, *, process_count: int, local_batch_size: int) -> int:
-    """Batches each process yields in one eval: ceil(largest shard / local_batch_size)."""
-    builder = _builder(config)
-    _, sizes = _shard(builder, config, "eval_split", 0, process_count)
-    return math.ceil(max(sizes) / local_batch_size)
+def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
+    """One pass over config.dataset.eval_split in order: this process's `rows` of each global batch.
 
-
-def make_eval_iterator(config, *, process_index: int, process_count: int, local_batch_size: int) -> EvalBatches:
-    """One pass over this process's shard of config.dataset.eval_split, in file order, as padded batches.
-
-    Yields {"image": float32 (B, S, S, 3), "label": int32 (B,), "mask": bool (B,)}, every batch full
+    Yields {"image": float32 (R, S, S, 3), "label": int32 (R,), "mask": bool (R,)}, every batch full
     size. Across processes each example appears exactly once with mask True; padding rows (zero image,
-    label 0) have mask False. Every process yields the same number of batches (fully masked ones where
-    its shard is shorter), so per-batch collectives in a multi-host eval line up.
-    Transform: `preprocess.central_crop(image_size, crop_pct)`.
+    label 0) have mask False. Every process yields the same number of batches, so per-batch
+    collectives in a multi-host eval line up. Transform: `preprocess.central_crop(image_size, crop_pct)`.
     """
-    if local_batch_size <= 0:
-        raise ValueError(f"need local_batch_size > 0, got {local_batch_size}")
+    start, stop = _check_rows(global_batch_size, rows)
     _check_input(config)
     builder = _builder(config)
     channels = _channels(builder)
-    shard, sizes = _shard(builder, config, "eval_split", process_index, process_count)
-    num_batches = math.ceil(max(sizes) / local_batch_size)
+    eval_fn = _eval_fn(config, channels)
     size = int(config.input.image_size)
-    crop_pct = float(_cfg(config.input, "crop_pct", 1.0))
-    interpolation = _cfg(config.input, "interpolation", "bilinear")
+    padding = {"image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+               "mask": tf.constant(False)}
+    split = config.dataset.eval_split
+    source = _source(builder, split)
+    if source is None:
+        return _stream_eval(builder, config, eval_fn, padding, split, start // (stop - start),
+                            global_batch_size // (stop - start), stop - start)
+    records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
+    num_batches = math.ceil(records.size / global_batch_size)
+    offsets = np.arange(start, stop, dtype=np.int64)
 
-    def eval_fn(ex):
-        image = preprocess.central_crop(_decoded(ex["image"], channels), size, crop_pct, interpolation=interpolation)
-        return {"image": _finish(image, config), "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+    def positions():
+        for k in range(num_batches):
+            p = k * global_batch_size + offsets
+            yield np.where(p < records.size, p, 0), (p < records.size).astype(np.int64)
 
-    ds = _read(builder, shard).map(eval_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    padding = {
-        "image": tf.zeros([size, size, 3], tf.float32),
-        "label": tf.constant(0, tf.int32),
-        "mask": tf.constant(False),
-    }
+    def row(r):  # "extra" is the mask; padding rows read example 0 (at most a batch of them), then blanked
+        return tf.cond(r["extra"] > 0, lambda: eval_fn(records.example(r)), lambda: padding)
+
+    ds = records.rows(positions, stop - start).map(row, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(stop - start, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return EvalBatches(iter(ds.as_numpy_iterator()), num_batches)
+
+
+def _stream_eval(builder, config, eval_fn, padding, split, process_index, process_count, local_batch_size):
+    """The fallback for tfrecord-only datasets: this process's shard in file order, padded."""
+    shards = tfds.even_splits(split, n=process_count)
+    sizes = [_split_size(builder, shard, "eval_split", config) for shard in shards]
+    num_batches = math.ceil(max(sizes) / local_batch_size)
+    ds = _read(builder, shards[process_index]).map(eval_fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     num_padding = num_batches * local_batch_size - sizes[process_index]
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
     ds = ds.batch(local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
