@@ -530,7 +530,6 @@ def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int,
     slots = cpu_slots(parallel)
     free = list(range(len(slots)))
     active: list[_Active] = []
-    commit = _commit() if todo else None
     os.makedirs(os.path.join(sweep_dir, LOG_DIR), exist_ok=True)
     total, started, forwarded = len(todo), 0, 0
     where = ", ".join("all CPUs" if s is None else "CPU " + ",".join(map(str, s)) for s in slots)
@@ -542,7 +541,9 @@ def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int,
             while todo and free and not stop.count:
                 run, slot = todo.pop(0), free.pop(0)
                 started += 1
-                active.append(_start(run, slots[slot], slot, sweep_dir, manifest["root"], python, lock_fd, commit))
+                # The commit each run starts from: code edited while a sweep runs shows as another commit
+                # or as +dirty on the runs started after the edit.
+                active.append(_start(run, slots[slot], slot, sweep_dir, manifest["root"], python, lock_fd, _commit()))
                 write_manifest(sweep_dir, manifest)
                 print(f"[{started}/{total}] start {run.name}" + (f" (CPU {','.join(map(str, slots[slot]))})"
                       if slots[slot] else ""), file=out, flush=True)

@@ -352,6 +352,8 @@ def test_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep):
             final = [json.loads(line) for line in f][-1]
         assert final["step"] == TOTAL_STEPS and final["eval/examples"] == 297
         assert run["params"] > 0 and run["gmacs"] > 0 and run["total_steps"] == TOTAL_STEPS
+        # Each run records the commit it started from (None only outside a git checkout).
+        assert run["commit"] == sweep._commit()
 
 
 @pytest.mark.slow
