@@ -34,9 +34,8 @@ def configure_cache(enabled: bool, directory: str | None = None) -> str | None:
     return directory
 
 
-def compile_step(name: str, jitted, *args, announce=print):
-    """`jitted.lower(*args).compile()`, announcing whether XLA compiled it or read it from the cache and
-    how long that took. `args` may be arrays or `jax.ShapeDtypeStruct`s with shardings."""
+def compile_timed(jitted, *args):
+    """`jitted.lower(*args).compile()`; returns (compiled, seconds, whether it was read from the cache)."""
     hits = []
 
     def listener(event: str, **_):
@@ -49,8 +48,14 @@ def compile_step(name: str, jitted, *args, announce=print):
         compiled = jitted.lower(*args).compile()
     finally:
         jax.monitoring.unregister_event_listener(listener)
-    seconds = time.perf_counter() - start
-    how = "read from the compilation cache" if hits else "compiled"
+    return compiled, time.perf_counter() - start, bool(hits)
+
+
+def compile_step(name: str, jitted, *args, announce=print):
+    """`compile_timed`, announcing whether XLA compiled the step or read it from the cache and how long
+    that took. `args` may be arrays or `jax.ShapeDtypeStruct`s with shardings."""
+    compiled, seconds, hit = compile_timed(jitted, *args)
+    how = "read from the compilation cache" if hit else "compiled"
     if announce is not None:
         announce(f"{name}: {how} in {seconds:.1f} s")
     return compiled

@@ -46,6 +46,27 @@ def resolve_padding(padding: IntPair | str, mode: PaddingMode):
     return ((ph, ph), (pw, pw))
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """`lax.conv_general_dilated` for Flax's NHWC inputs and HWIO kernels, except that a 1x1 convolution
+    with stride 1 and no padding is computed as the matrix multiply it is.
+
+    The result is the same function (and the same parameters); what changes is speed. XLA's CPU
+    backend runs the backward pass of a 1x1 convolution 3-4x slower than a `dot_general` of the same
+    size, and 40-65% of an Inception's convolutions are 1x1 (v3: 40 of 94; IR-v2: 140 of 244).
+    BENCHMARKS.md: on a CPU the train step runs 1.07x faster for Inception-v3, 1.47x for IR-v2.
+    """
+    trivial = lambda v: v is None or all(d == 1 for d in v)
+    unpadded = isinstance(padding, str) or all(lo == 0 and hi == 0 for lo, hi in padding)
+    if (rhs.shape[:-2] == (1,) * (rhs.ndim - 2) and all(s == 1 for s in window_strides) and unpadded
+            and trivial(lhs_dilation) and trivial(rhs_dilation) and feature_group_count == 1):
+        kernel = rhs.reshape(rhs.shape[-2:])
+        return jax.lax.dot_general(lhs, kernel, (((lhs.ndim - 1,), (0,)), ((), ())), precision=precision)
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision)
+
+
 class ConvBN(nn.Module):
     """Conv (no bias) -> BatchNorm -> ReLU, the unit every Inception is built from.
 
@@ -79,6 +100,7 @@ class ConvBN(nn.Module):
             kernel_init=conv_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            conv_general_dilated=conv_general_dilated,
             name="conv",
         )(x)
         if self.use_bn:

@@ -1,0 +1,472 @@
+"""Speed of a variant's train or inference step, side by side with its PyTorch reference:
+`python -m inception_jax.bench --model inception_v3 [--mode train|infer] [--compare timm] [--json]`.
+
+What is timed is the trainer's own jitted step (`train.make_train_step`: forward, loss, gradients,
+optimizer update, BatchNorm statistics) or the eval forward pass, on random data already on the
+devices, so the numbers measure the model and XLA, not the input pipeline. Both sides use the same
+recipe: RMSProp (decay 0.9, momentum 0.9, epsilon 1.0), label smoothing 0.1, no weight decay, no
+auxiliary heads unless `--model-option aux_logits=True`.
+
+With `--compare`, the reference model with the same batch, input size, dtype and thread count is
+built in this process and its steps alternate with ours, so a noisy, shared machine slows both
+alike; the ratio is ours / theirs of the median images/s. Reported as well: compile time (cold, into
+an empty persistent cache, and again read from it), peak memory (device allocator peak on GPU, peak
+RSS of the process on CPU, taken before the reference is built), the achieved FLOP/s (from our
+multiply-accumulate count: 2 FLOPs each, x3 for a train step) and its share of the device's peak
+(a datasheet figure for known GPUs, `--peak-tflops`, else a large matmul measured on the device).
+Timings are medians over `--steps` steps; this is a measurement tool, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+# Reference constructors: (library, our registry name) -> builder(num_classes, aux_logits).
+REFERENCES: dict[str, dict[str, Callable[..., Any]]] = {
+    "timm": {
+        "inception_v3": lambda timm, tv, n, aux: timm.create_model("inception_v3", num_classes=n, aux_logits=aux),
+        "inception_v4": lambda timm, tv, n, aux: timm.create_model("inception_v4", num_classes=n),
+        "inception_resnet_v2": lambda timm, tv, n, aux: timm.create_model("inception_resnet_v2", num_classes=n),
+    },
+    "torchvision": {
+        "googlenet": lambda timm, tv, n, aux: tv.models.googlenet(
+            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False),
+        "inception_v3": lambda timm, tv, n, aux: tv.models.inception_v3(
+            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False),
+    },
+}
+
+# Dense datasheet peaks in FLOP/s (float32 without TF32, bfloat16 tensor cores) for GPUs users run on.
+GPU_PEAK_FLOPS = {
+    "H200": {"float32": 67e12, "bfloat16": 989e12},
+    "H100": {"float32": 67e12, "bfloat16": 989e12},  # SXM; the PCIe card is lower
+    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+    "RTX 3090": {"float32": 35.6e12, "bfloat16": 71e12},
+    "L4": {"float32": 30.3e12, "bfloat16": 121e12},
+}
+
+LEARNING_RATE = 0.045  # the Rethinking recipe's; any value times the same
+
+
+class BenchError(ValueError):
+    """A bad command line: the message names the option, the value and the fix."""
+
+
+@dataclasses.dataclass
+class Timings:
+    """Images per second of each timed step."""
+
+    img_per_s: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.img_per_s)
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+# ------------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m inception_jax.bench", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
+    p.add_argument("--model", help="a registered variant, e.g. inception_v3")
+    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch over all devices used (default 8)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the variant's input size")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype; the reference runs under torch.autocast for bfloat16")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
+    p.add_argument("--compare", choices=sorted(REFERENCES), default=None,
+                   help="run the reference PyTorch model in the same process, alternating with ours")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for both sides (pins this process to that many cores; default: all)")
+    p.add_argument("--devices", type=int, default=None, help="devices to use (default: all local devices)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any model option, e.g. width_multiplier=0.25 (repeatable; changes only our side)")
+    p.add_argument("--ref-compile", action="store_true", help="torch.compile the reference step")
+    p.add_argument("--ref-channels-last", action="store_true", help="channels-last memory format for the reference")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--table", metavar="JSONL", help="print a markdown table of the --json results in this file "
+                                                    "(one object per line; what BENCHMARKS.md shows) and exit")
+    return p
+
+
+def parse_model_options(items: list[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise BenchError(f"--model-option {item!r} is not KEY=VALUE; e.g. --model-option width_multiplier=0.25")
+        try:
+            options[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[key] = text  # a bare word, e.g. padding_mode=tf
+    return options
+
+
+def check_args(args, registry) -> dict[str, Any]:
+    """Every cheap check, before anything is built; returns the model options."""
+    if not args.model:
+        raise BenchError("--model is required; e.g. --model inception_v3")
+    if args.model not in registry.list_models():
+        raise BenchError(f"--model {args.model!r} is not a registered variant; choose one of "
+                         f"{', '.join(registry.list_models())}")
+    for name in ("batch_size", "steps", "num_classes"):
+        if getattr(args, name) < 1:
+            raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise BenchError(f"--warmup must be at least 0, got {args.warmup}")
+    if args.threads is not None and not 1 <= args.threads <= len(os.sched_getaffinity(0)):
+        raise BenchError(f"--threads {args.threads}: this process may use 1 to {len(os.sched_getaffinity(0))} cores")
+    if args.compare and args.model not in REFERENCES[args.compare]:
+        have = ", ".join(f"{lib}: {', '.join(sorted(m))}" for lib, m in REFERENCES.items())
+        raise BenchError(f"--compare {args.compare} has no reference for {args.model!r} (references: {have}); "
+                         "drop --compare to time ours alone")
+    options = parse_model_options(args.model_option)
+    known = registry.model_options(args.model)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise BenchError(f"--model-option {unknown[0]!r} is not an option of {args.model}; "
+                         f"valid: {', '.join(sorted(known))}")
+    if "num_classes" in options or "dtype" in options:
+        raise BenchError("set the class count and dtype with --num-classes and --dtype, not --model-option")
+    return options
+
+
+# ------------------------------------------------------------------------------------------------
+# Our side
+# ------------------------------------------------------------------------------------------------
+
+
+def _bench_config(args, options):
+    from inception_jax.config_base import base_config
+
+    c = base_config()
+    c.model.name = args.model
+    for key, value in {"aux_logits": False, **options}.items():
+        c.model[key] = value
+    c.batch_size = args.batch_size
+    c.total_steps = 1_000_000
+    c.optimizer.name = "rmsprop"
+    c.optimizer.rms_decay, c.optimizer.momentum, c.optimizer.eps = 0.9, 0.9, 1.0
+    c.optimizer.weight_decay = 0.0
+    c.schedule.name = "constant"
+    c.schedule.base_learning_rate = LEARNING_RATE
+    c.label_smoothing = 0.1
+    return c
+
+
+def _ours(args, options, mesh):
+    """Builds our step; returns (step(), compile_s, cached_compile_s, cache_hit, gflops_per_image)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from inception_jax import compilation, optim, parallel, train
+    from inception_jax.models import profile
+
+    config = _bench_config(args, options)
+    if args.dtype == "bfloat16":
+        config.model.dtype = jnp.bfloat16
+    model = train.build_model(config, args.num_classes)
+    config.aux_loss_weights = (0.3,) * profile.num_aux_heads(model, args.image_size)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((args.batch_size, args.image_size, args.image_size, 3), np.float32)
+    labels = rng.integers(0, args.num_classes, args.batch_size).astype(np.int32)
+    batch = parallel.global_batch({"image": images, "label": labels}, mesh)
+    replicated = parallel.replicated(mesh)
+
+    tx, schedule = optim.make_optimizer(config, steps_per_epoch=1000, total_steps=config.total_steps)
+    init = jax.jit(lambda key: train.init_state(model, tx, config, args.image_size, key), out_shardings=replicated)
+    state = init(jax.random.key(0))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    macs = profile.count_macs(model, variables, args.image_size)
+    gflops_per_image = 2 * macs * (3 if args.mode == "train" else 1) / 1e9
+
+    if args.mode == "train":
+        jitted = train.make_train_step(model, tx, schedule, config, args.num_classes, mesh)
+        call_args = (state, batch, jax.random.key(1))
+    else:
+        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=replicated)
+        call_args = (variables, batch["image"])
+
+    _, compile_s, _ = compilation.compile_timed(jitted, *call_args)
+    jax.clear_caches()  # forget the in-memory executable: the next compile reads the persistent cache
+    compiled, cached_s, cache_hit = compilation.compile_timed(jitted, *call_args)
+
+    if args.mode == "train":
+        holder = {"state": state}
+
+        def step():
+            holder["state"], metrics = compiled(holder["state"], batch, call_args[2])
+            jax.block_until_ready(metrics["train/loss"])
+    else:
+        def step():
+            jax.block_until_ready(compiled(variables, batch["image"]))
+
+    return step, compile_s, cached_s, cache_hit, gflops_per_image
+
+
+# ------------------------------------------------------------------------------------------------
+# The reference
+# ------------------------------------------------------------------------------------------------
+
+
+def _reference(args, on_gpu: bool):
+    """Builds the PyTorch reference step; returns (step(), peak_memory() or None, versions)."""
+    import timm
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
+    aux = bool(parse_model_options(args.model_option).get("aux_logits", False))
+    model = REFERENCES[args.compare][args.model](timm, torchvision, args.num_classes, aux).to(device)
+    memory_format = torch.channels_last if args.ref_channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    x = x.contiguous(memory_format=memory_format)
+    y = torch.randint(0, args.num_classes, (args.batch_size,), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def logits_of(out):
+        return out.logits if hasattr(out, "logits") else out
+
+    if args.mode == "train":
+        model.train()
+        # torch adds eps outside the square root, TF1 (ours) inside: the same work per step.
+        opt = torch.optim.RMSprop(model.parameters(), lr=LEARNING_RATE, alpha=0.9, eps=1.0, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                out = model(x)
+                loss = loss_fn(logits_of(out), y)
+                if aux and getattr(out, "aux_logits", None) is not None:
+                    loss = loss + 0.3 * loss_fn(out.aux_logits, y)
+            loss.backward()
+            opt.step()
+
+        step_fn = torch.compile(train_step) if args.ref_compile else train_step
+
+        def step():
+            step_fn()
+            sync()
+    else:
+        model.eval()
+        forward = torch.compile(model) if args.ref_compile else model
+
+        def step():
+            with torch.inference_mode(), autocast:
+                forward(x)
+            sync()
+
+    peak = (lambda: torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    versions = {"torch": torch.__version__, "timm": timm.__version__, "torchvision": torchvision.__version__}
+    return step, peak, versions
+
+
+# ------------------------------------------------------------------------------------------------
+# Measuring
+# ------------------------------------------------------------------------------------------------
+
+
+def _time(step, batch_size: int) -> float:
+    start = time.perf_counter()
+    step()
+    return batch_size / (time.perf_counter() - start)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def device_peak_flops(device, dtype: str, override_tflops: float | None) -> tuple[float, str]:
+    """The device's peak FLOP/s and where the figure comes from."""
+    import jax
+    import jax.numpy as jnp
+
+    if override_tflops:
+        return override_tflops * 1e12, "--peak-tflops"
+    kind = getattr(device, "device_kind", "")
+    for name, peaks in GPU_PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peaks[dtype], f"datasheet ({name}, dense {dtype})"
+    n = 8192 if device.platform == "gpu" else 2048
+    a = jax.device_put(jnp.ones((n, n), getattr(jnp, dtype)), device)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    seconds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(seconds), f"measured: jitted {n}x{n} {dtype} matmul"
+
+
+def run(args) -> dict[str, Any]:
+    """Measures and returns the result object that `--json` prints."""
+    from inception_jax.models import registry
+
+    options = check_args(args, registry)
+    if args.threads is not None:  # before JAX starts its thread pools, which size themselves to this set
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    import jax
+
+    from inception_jax import compilation
+
+    data = registry.data_config(args.model)
+    args.image_size = args.image_size or data.input_size
+    if args.image_size < data.min_input_size:
+        raise BenchError(f"--image-size {args.image_size} is below {args.model}'s minimum {data.min_input_size}")
+    devices = jax.local_devices()
+    if args.devices is not None:
+        if not 1 <= args.devices <= len(devices):
+            raise BenchError(f"--devices {args.devices}: this machine has {len(devices)} local devices")
+        devices = devices[: args.devices]
+    if args.batch_size % len(devices):
+        raise BenchError(f"--batch-size {args.batch_size} does not split over {len(devices)} devices; "
+                         f"use a multiple of {len(devices)} or --devices")
+    threads = args.threads or len(os.sched_getaffinity(0))
+    on_gpu = devices[0].platform == "gpu"
+
+    # An empty persistent cache makes the first compile cold; the second then reads it back.
+    with tempfile.TemporaryDirectory(prefix="inception_jax_bench_cache_") as cache_dir:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        compilation.configure_cache(True, cache_dir)
+        return _measure(args, options, devices, threads, on_gpu)
+
+
+def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, Any]:
+    import jax
+
+    from inception_jax import parallel
+
+    step, compile_s, cached_s, cache_hit, gflops = _ours(args, options, parallel.make_mesh(devices))
+    for _ in range(args.warmup):
+        step()
+    if on_gpu:
+        stats = devices[0].memory_stats() or {}
+        peak_mem = stats.get("peak_bytes_in_use")
+    else:
+        peak_mem = _peak_rss_bytes()
+
+    ref_step = ref_peak = None
+    versions = {"jax": jax.__version__, "python": platform.python_version()}
+    if args.compare:
+        import torch
+
+        torch.set_num_threads(threads)
+        ref_step, ref_peak, ref_versions = _reference(args, on_gpu)
+        versions.update(ref_versions)
+        for _ in range(args.warmup):
+            ref_step()
+
+    ours, theirs = Timings([]), Timings([])
+    for _ in range(args.steps):  # alternate, so drifts of a shared machine hit both sides alike
+        ours.img_per_s.append(_time(step, args.batch_size))
+        if ref_step is not None:
+            theirs.img_per_s.append(_time(ref_step, args.batch_size))
+
+    peak_flops, peak_source = device_peak_flops(devices[0], args.dtype, args.peak_tflops)
+    peak_flops *= len(devices)
+    achieved = gflops * 1e9 * ours.median
+    result = {
+        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
+        "dtype": args.dtype, "model_options": options,
+        "device": f"{len(devices)} x {devices[0].device_kind}", "platform": devices[0].platform,
+        "cpu": platform.processor() or platform.machine(), "threads": threads, "steps": args.steps,
+        "img_per_s": ours.median, "img_per_s_min": min(ours.img_per_s), "img_per_s_max": max(ours.img_per_s),
+        "compile_s": compile_s, "compile_cached_s": cached_s, "compile_cache_hit": cache_hit,
+        "peak_mem_bytes": peak_mem,
+        "gflops_per_image": gflops, "achieved_tflop_per_s": achieved / 1e12,
+        "peak_tflop_per_s": peak_flops / 1e12, "peak_source": peak_source, "utilisation": achieved / peak_flops,
+        "reference": None, "ref_img_per_s": None, "ref_img_per_s_min": None, "ref_img_per_s_max": None,
+        "ref_peak_mem_bytes": None, "ratio": None, "versions": versions,
+    }
+    if ref_step is not None:
+        result.update({
+            "reference": f"{args.compare} {args.model}" + (" compiled" if args.ref_compile else "")
+                         + (" channels-last" if args.ref_channels_last else ""),
+            "ref_img_per_s": theirs.median, "ref_img_per_s_min": min(theirs.img_per_s),
+            "ref_img_per_s_max": max(theirs.img_per_s),
+            "ref_peak_mem_bytes": ref_peak() if ref_peak else None,
+            "ratio": ours.median / theirs.median,
+        })
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f} MiB"
+    lines = [
+        f"{r['model']} {r['mode']}, batch {r['batch_size']}, {r['image_size']} px, {r['dtype']}, "
+        f"{r['device']} ({r['threads']} threads), median of {r['steps']} steps",
+        f"  ours:      {r['img_per_s']:.2f} img/s (min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
+        f"compile {r['compile_s']:.1f} s cold, {r['compile_cached_s']:.1f} s from the cache; "
+        f"peak memory {mib(r['peak_mem_bytes'])}",
+        f"  compute:   {r['gflops_per_image']:.2f} GFLOP/image, {r['achieved_tflop_per_s'] * 1e3:.1f} GFLOP/s = "
+        f"{100 * r['utilisation']:.1f}% of {r['peak_tflop_per_s'] * 1e3:.0f} GFLOP/s ({r['peak_source']})",
+    ]
+    if r["reference"]:
+        lines += [
+            f"  reference: {r['ref_img_per_s']:.2f} img/s (min {r['ref_img_per_s_min']:.2f}, "
+            f"max {r['ref_img_per_s_max']:.2f}), {r['reference']}",
+            f"  ratio ours/reference: {r['ratio']:.2f}x",
+        ]
+    return "\n".join(lines)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """One row per result: ours and the reference side by side."""
+    num = lambda v, fmt: "-" if v is None else format(v, fmt)
+    rows = ["| model | mode | batch | size | dtype | ours img/s (min-max) | reference | ref img/s (min-max) | "
+            "ours / ref | compile s (cold / cached) | peak memory MiB | GFLOP/s (utilisation) |",
+            "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ref = r.get("reference")
+        rows.append(
+            f"| {r['model']}{' ' + str(r['model_options']) if r.get('model_options') else ''} | {r['mode']} | "
+            f"{r['batch_size']} | {r['image_size']} | {r['dtype']} | "
+            f"{r['img_per_s']:.2f} ({r['img_per_s_min']:.2f}-{r['img_per_s_max']:.2f}) | {ref or '-'} | "
+            + (f"{r['ref_img_per_s']:.2f} ({r['ref_img_per_s_min']:.2f}-{r['ref_img_per_s_max']:.2f})" if ref else "-")
+            + f" | {num(r.get('ratio'), '.2f')} | {r['compile_s']:.1f} / {r['compile_cached_s']:.1f} | "
+            f"{num(r['peak_mem_bytes'] and r['peak_mem_bytes'] / 2**20, ',.0f')} | "
+            f"{r['achieved_tflop_per_s'] * 1e3:.1f} ({100 * r['utilisation']:.0f}%) |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(markdown_table([json.loads(line) for line in f if line.strip()]))
+        return 0
+    try:
+        result = run(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else format_table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
