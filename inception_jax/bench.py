@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import json
 import os
 import platform
@@ -61,17 +60,6 @@ LEARNING_RATE = 0.045  # the Rethinking recipe's; any value times the same
 
 class BenchError(ValueError):
     """A bad command line: the message names the option, the value and the fix."""
-
-
-@dataclasses.dataclass
-class Timings:
-    """Images per second of each timed step."""
-
-    img_per_s: list[float]
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.img_per_s)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -228,7 +216,7 @@ def _ours(args, options, mesh):
 # ------------------------------------------------------------------------------------------------
 
 
-def _reference(args, on_gpu: bool):
+def _reference(args, options, on_gpu: bool):
     """Builds the PyTorch reference step; returns (step(), peak_memory() or None, versions)."""
     import timm
     import torch
@@ -236,7 +224,7 @@ def _reference(args, on_gpu: bool):
 
     torch.manual_seed(0)
     device = torch.device("cuda" if on_gpu and torch.cuda.is_available() else "cpu")
-    aux = bool(parse_model_options(args.model_option).get("aux_logits", False))
+    aux = bool(options.get("aux_logits", False))
     model = REFERENCES[args.compare][args.model](timm, torchvision, args.num_classes, aux).to(device)
     memory_format = torch.channels_last if args.ref_channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -375,26 +363,27 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
         import torch
 
         torch.set_num_threads(threads)
-        ref_step, ref_peak, ref_versions = _reference(args, on_gpu)
+        ref_step, ref_peak, ref_versions = _reference(args, options, on_gpu)
         versions.update(ref_versions)
         for _ in range(args.warmup):
             ref_step()
 
-    ours, theirs = Timings([]), Timings([])
+    ours, theirs = [], []  # images/s of each timed step
     for _ in range(args.steps):  # alternate, so drifts of a shared machine hit both sides alike
-        ours.img_per_s.append(_time(step, args.batch_size))
+        ours.append(_time(step, args.batch_size))
         if ref_step is not None:
-            theirs.img_per_s.append(_time(ref_step, args.batch_size))
+            theirs.append(_time(ref_step, args.batch_size))
 
     peak_flops, peak_source = device_peak_flops(devices[0], args.dtype, args.peak_tflops)
     peak_flops *= len(devices)
-    achieved = gflops * 1e9 * ours.median
+    median = statistics.median(ours)
+    achieved = gflops * 1e9 * median
     result = {
         "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
         "dtype": args.dtype, "model_options": options,
         "device": f"{len(devices)} x {devices[0].device_kind}", "platform": devices[0].platform,
         "cpu": platform.processor() or platform.machine(), "threads": threads, "steps": args.steps,
-        "img_per_s": ours.median, "img_per_s_min": min(ours.img_per_s), "img_per_s_max": max(ours.img_per_s),
+        "img_per_s": median, "img_per_s_min": min(ours), "img_per_s_max": max(ours),
         "compile_s": compile_s, "compile_cached_s": cached_s, "compile_cache_hit": cache_hit,
         "peak_mem_bytes": peak_mem,
         "gflops_per_image": gflops, "achieved_tflop_per_s": achieved / 1e12,
@@ -406,10 +395,10 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
         result.update({
             "reference": f"{args.compare} {args.model}" + (" compiled" if args.ref_compile else "")
                          + (" channels-last" if args.ref_channels_last else ""),
-            "ref_img_per_s": theirs.median, "ref_img_per_s_min": min(theirs.img_per_s),
-            "ref_img_per_s_max": max(theirs.img_per_s),
+            "ref_img_per_s": statistics.median(theirs), "ref_img_per_s_min": min(theirs),
+            "ref_img_per_s_max": max(theirs),
             "ref_peak_mem_bytes": ref_peak() if ref_peak else None,
-            "ratio": ours.median / theirs.median,
+            "ratio": median / statistics.median(theirs),
         })
     return result
 

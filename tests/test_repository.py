@@ -28,6 +28,8 @@ REFERENCES = ROOT / "REFERENCES.md"
 FORBIDDEN = {
     "the out-of-tree notes file": re.compile(re.escape("REFERENCE" + ".md"), re.IGNORECASE),
     "a path into the sibling shared directory": re.compile(re.escape(".." + "/shared")),
+    "the out-of-tree environment, style and design notes": re.compile(
+        r"\b(?:" + "ENVIRONMENT|STYLE|DESIGN" + r")\.md\b"),
     "an absolute path under the work root": re.compile(r"(?<![\w.:/-])" + re.escape("/" + "work" + "/")),
 }
 
