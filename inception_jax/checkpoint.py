@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from inception_jax import parallel
+from inception_jax import finetune, parallel
 
 log = logging.getLogger(__name__)
 
@@ -225,11 +225,12 @@ def load_init_variables(path: str) -> dict:
     return {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "batch_stats")}
 
 
-def merge_init_variables(target: dict, loaded: dict, *, reinit_keys=("fc", "last_linear", "classif")) -> tuple[dict, list[str]]:
+def merge_init_variables(target: dict, loaded: dict) -> tuple[dict, list[str]]:
     """Copies `loaded` leaves into `target` where shapes agree.
 
-    Leaves that differ in shape are kept freshly initialised, but only for the classifier and aux-head
-    classifiers (a new class count); any other difference is an error. Returns (merged, reinitialised).
+    Leaves that differ in shape are kept freshly initialised, but only in the head (the classifier and
+    the aux heads, `finetune.is_head`: a new class count); any other difference is an error. Returns
+    (merged, reinitialised).
     """
     flat_t = traverse_util.flatten_dict(target)
     flat_l = traverse_util.flatten_dict(loaded)
@@ -242,7 +243,7 @@ def merge_init_variables(target: dict, loaded: dict, *, reinit_keys=("fc", "last
         src = flat_l[k]
         if tuple(src.shape) == tuple(v.shape):
             merged[k] = np.asarray(src, dtype=v.dtype)
-        elif any(part in reinit_keys or part.startswith(("aux", "Aux")) for part in k[:-1]):
+        elif finetune.is_head(k[1]):  # k = (collection, top-level module, ...)
             merged[k] = v
             reinit.append("/".join(k))
         else:

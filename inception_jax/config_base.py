@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache_dir = placeholder(str)  # None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/inception_jax/xla
 
     c.init_from = placeholder(str)  # a converted .msgpack or another run's workdir: fine-tune from its weights
+    # Fine-tuning (inception_jax/finetune.py): "all" | "head" | "last:K" | "Mixed_7b,Mixed_7c" (blocks + head)
+    c.trainable = "all"
+    c.freeze_bn = False  # every BatchNorm normalises with (and keeps) its running statistics in training
+    c.backbone_lr_multiplier = 1.0  # e.g. 0.1: non-head parameters move at a tenth of the learning rate
     c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit
     return c
 

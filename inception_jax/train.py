@@ -31,7 +31,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from inception_jax import checkpoint as ckpt_lib
-from inception_jax import compilation
+from inception_jax import compilation, finetune
 from inception_jax import losses, metrics as metrics_lib, optim, parallel
 from inception_jax import validation
 from inception_jax.models import registry
@@ -97,14 +97,15 @@ def fill_missing_fields(state: TrainState, config) -> TrainState:
     return state
 
 
-def _forward_loss(model, config, num_classes, params, batch_stats, batch, rng):
-    (logits, out), new_vars = model.apply(
-        {"params": params, "batch_stats": batch_stats},
-        batch["image"],
-        train=True,
-        mutable=["batch_stats"],
-        rngs={"dropout": rng},
-    )
+def _forward_loss(model, config, num_classes, plan, params, batch_stats, batch, rng):
+    with plan.batchnorm_context():  # fine-tuning: frozen BatchNorm layers keep their statistics
+        (logits, out), new_vars = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
     loss, parts = losses.total_loss(
         logits,
         out["aux_logits"],
@@ -172,9 +173,24 @@ def _accumulated(loss_grad, k: int):
     return fn
 
 
-def make_train_step(model, tx, schedule, config, num_classes: int, mesh):
-    """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated."""
-    loss_grad = jax.value_and_grad(functools.partial(_forward_loss, model, config, num_classes), has_aux=True)
+def _without_frozen_grads(loss_grad, plan: finetune.Plan):
+    """Frozen parameters' gradients as zeros: nothing reads the real ones, so XLA never computes them."""
+    if not plan.frozen:
+        return loss_grad
+
+    def fn(*args):
+        value, grads = loss_grad(*args)
+        return value, plan.zero_frozen(grads)
+
+    return fn
+
+
+def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: finetune.Plan | None = None):
+    """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated.
+    `plan` (fine-tuning) freezes blocks and BatchNorm; `tx` must already be wrapped by `plan.wrap`."""
+    plan = plan or finetune.Plan()
+    loss_grad = jax.value_and_grad(functools.partial(_forward_loss, model, config, num_classes, plan), has_aux=True)
+    loss_grad = _without_frozen_grads(loss_grad, plan)
     loss_grad = _accumulated(loss_grad, int(config.get("grad_accum_steps", 1) or 1))
 
     def metrics_of(state, loss, parts, top1, grads, finite):
@@ -322,6 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     try:
         total_steps = optim.steps_from(config, steps_per_epoch)
         tx, schedule = optim.make_optimizer(config, steps_per_epoch, total_steps)
+        plan = finetune.make_plan(config, model, image_size)
+        tx = plan.wrap(tx)
     except ValueError as e:
         raise validation.ConfigError(str(e)) from None
     if announce:
@@ -382,7 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return state
 
     train_step = compilation.compile_step(
-        "train step", make_train_step(model, tx, schedule, config, info.num_classes, mesh), state,
+        "train step", make_train_step(model, tx, schedule, config, info.num_classes, mesh, plan), state,
         batch_spec(config.batch_size, False), dropout_rng, announce=announce)
 
     # 7. The loop.

@@ -9,6 +9,7 @@ import tempfile
 
 import ml_collections
 
+from inception_jax import finetune
 from inception_jax.checkpoint import CHECKPOINT_DIR
 from inception_jax.config_base import base_config
 from inception_jax.metrics import CONFIG_FILE
@@ -106,6 +107,13 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not isinstance(c.grad_accum_steps, int) or c.grad_accum_steps < 1:
         raise ConfigError(f"config.grad_accum_steps={c.grad_accum_steps!r} must be a whole number >= 1 (1: no "
                           "accumulation).")
+    try:
+        finetune.parse_trainable(c.trainable)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not c.backbone_lr_multiplier > 0:
+        raise ConfigError(f"config.backbone_lr_multiplier={c.backbone_lr_multiplier!r} must be > 0 (1.0: the "
+                          "head's rate); to hold the backbone fixed use config.trainable='head'.")
     if any(w < 0 for w in c.aux_loss_weights):
         raise ConfigError(f"config.aux_loss_weights={tuple(c.aux_loss_weights)} must not be negative.")
     return c

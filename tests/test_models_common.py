@@ -16,6 +16,7 @@ from inception_jax.models.__main__ import main as report_main
 
 ALL_MODELS = [
     "bn_inception",
+    "fid_inception_v3",
     "googlenet",
     "inception_resnet_v1",
     "inception_resnet_v2",
@@ -34,6 +35,9 @@ REFERENCE_COUNTS = {
     "inception_resnet_v2": (55_843_464, 59_211_120, 13.156),
     "inception_resnet_v1": (22_756_328, None, 6.206),
     "bn_inception": (11_188_288, None, 1.935),
+    # pytorch-fid's module has 23,850,960 parameters (tests/test_fid.py counts it) and no aux head; its
+    # GMACs are inception_v3's plus the 8 extra classes of the 1008-way classifier.
+    "fid_inception_v3": (23_850_960, None, 5.713),
 }
 
 
@@ -129,7 +133,7 @@ def _small(name):
     return model, profile.abstract_variables(model, size), jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
 
 
-AUX_HEADS = {"googlenet": 2, "inception_v2": 1, "inception_v3": 1, "inception_v4": 1,
+AUX_HEADS = {"googlenet": 2, "fid_inception_v3": 1, "inception_v2": 1, "inception_v3": 1, "inception_v4": 1,
              "inception_resnet_v1": 1, "inception_resnet_v2": 1, "bn_inception": 0}
 
 
@@ -194,7 +198,7 @@ def test_minimum_size_runs(name):
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = profile.abstract_variables(model, size)
     logits, _ = jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-    assert logits.shape == (1, 1000)
+    assert logits.shape == (1, inception_jax.data_config(name).num_classes)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)

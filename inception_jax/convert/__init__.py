@@ -1,4 +1,5 @@
-"""Weight import: PyTorch (timm / torchvision) checkpoints -> Flax variables, and saving them safely."""
+"""Weight import: PyTorch (timm / torchvision) checkpoints and Keras application files -> Flax variables,
+and saving them safely."""
 
 from inception_jax.convert.torch_weights import (
     WeightMismatchError,
@@ -7,10 +8,13 @@ from inception_jax.convert.torch_weights import (
     torch_key_to_flax_path,
 )
 from inception_jax.convert.files import load_variables, save_variables
+from inception_jax.convert.keras_weights import from_keras, keras_model_options
 
 __all__ = [
     "WeightMismatchError",
+    "from_keras",
     "from_torch",
+    "keras_model_options",
     "load_torch_state_dict",
     "load_variables",
     "save_variables",

@@ -1,6 +1,12 @@
-"""`python -m inception_jax.convert --model NAME IN_FILE OUT_FILE`: PyTorch weights -> a Flax file.
+"""`python -m inception_jax.convert [--from torch|keras] --model NAME IN_FILE OUT_FILE`: PyTorch or Keras
+weights -> a Flax file.
 
-IN_FILE is a local timm/torchvision `.safetensors` or `.pth` (read with PyTorch's weights-only loader).
+`--from torch` (the default): IN_FILE is a local timm/torchvision `.safetensors` or `.pth` (read with
+PyTorch's weights-only loader). `--from keras`: IN_FILE is a `keras.applications` InceptionV3 or
+InceptionResNetV2 file (`--model inception_v3` / `inception_resnet_v2`): a `.keras` archive, a
+`.weights.h5`, or a legacy `.h5` such as the keras-applications downloads, read with h5py (Keras need not
+be installed). The Flax file then records the options that make our model compute Keras' function
+(`keras_model_options`, e.g. BatchNorm without gamma) and the class count found in IN_FILE.
 OUT_FILE is msgpack (no code can hide in it); load it back with
 `model, variables = inception_jax.convert.load_variables(OUT_FILE)`.
 """
@@ -11,14 +17,21 @@ import argparse
 import sys
 
 from inception_jax.convert.files import save_variables
+from inception_jax.convert.keras_weights import SUPPORTED as KERAS_MODELS
+from inception_jax.convert.keras_weights import from_keras, keras_model_options
 from inception_jax.convert.torch_weights import WeightMismatchError, from_torch
 from inception_jax.models import profile, registry
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_jax.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(registry.list_models())}")
-    parser.add_argument("in_file", help="local .safetensors or .pth state_dict")
+    parser = argparse.ArgumentParser(prog="python -m inception_jax.convert",
+                                     description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument("--from", dest="source", choices=("torch", "keras"), default="torch",
+                        help="the framework IN_FILE comes from (default: torch)")
+    parser.add_argument("--model", required=True, help=f"one of: {', '.join(registry.list_models())} "
+                                                       f"(with --from keras: {', '.join(KERAS_MODELS)})")
+    parser.add_argument("in_file", help="local .safetensors or .pth state_dict; with --from keras a .keras, "
+                                        ".weights.h5 or .h5 file")
     parser.add_argument("out_file", help="where to write the Flax variables (.msgpack)")
     parser.add_argument("--aux-logits", action="store_true", help="the file has aux-head weights; keep them")
     parser.add_argument("--drop-aux", action="store_true", help="discard aux-head weights found in the file")
@@ -29,6 +42,8 @@ def main(argv=None) -> int:
         registry.get_entry(args.model)
     except ValueError as e:
         parser.error(str(e))
+    if args.source == "keras":
+        return _from_keras(parser, args)
     options = {}
     if args.aux_logits:
         options["aux_logits"] = True
@@ -42,6 +57,25 @@ def main(argv=None) -> int:
     save_variables(args.out_file, variables, model=args.model, options=options)
     n = profile.count_params(variables["params"])
     print(f"wrote {args.out_file}: {args.model} {options or ''} with {n:,} parameters")
+    return 0
+
+
+def _from_keras(parser, args) -> int:
+    if args.model not in KERAS_MODELS:
+        parser.error(f"--from keras supports --model {' or '.join(KERAS_MODELS)}, got {args.model!r}")
+    if args.aux_logits or args.drop_aux:
+        parser.error("Keras' InceptionV3 and InceptionResNetV2 have no aux head: drop --aux-logits / --drop-aux")
+    overrides = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    try:
+        model, variables = from_keras(args.model, args.in_file, **overrides)
+    except (WeightMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    # What from_keras built the model with, so load_variables rebuilds the same module.
+    options = {**keras_model_options(args.model), "num_classes": model.num_classes}
+    save_variables(args.out_file, variables, model=args.model, options=options)
+    n = profile.count_params(variables["params"])
+    print(f"wrote {args.out_file}: {args.model} (from Keras) {options} with {n:,} parameters")
     return 0
 
 

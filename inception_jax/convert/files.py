@@ -24,10 +24,35 @@ def save_variables(path: str | os.PathLike, variables, *, model: str, options: d
     }
     data = serialization.msgpack_serialize(payload)
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def _read_payload(path: str) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        payload = serialization.msgpack_restore(raw)
+    except Exception as e:
+        raise ValueError(f"{path!r} is not an inception_jax variables file (msgpack): {e}") from None
+    if not isinstance(payload, dict) or payload.get("format") != "inception_jax.variables.v1":
+        raise ValueError(f"{path!r} is not an inception_jax variables file; write one with "
+                         "`python -m inception_jax.convert` or `inception_jax.convert.save_variables`")
+    return payload
+
+
+def read_model_spec(path: str | os.PathLike) -> tuple[str, dict]:
+    """The registered model name and options a variables file was written for (e.g. Keras weights
+    need `bn_use_scale=False`), so a config can build the matching model: `create_model(name, **options)`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file {path!r} does not exist; convert one with "
+                                "`python -m inception_jax.convert` (nothing is downloaded)")
+    payload = _read_payload(path)
+    return payload["model"], json.loads(payload["options"])
 
 
 def load_variables(path: str | os.PathLike):
@@ -38,16 +63,7 @@ def load_variables(path: str | os.PathLike):
     """
     from inception_jax.models import registry
 
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        payload = serialization.msgpack_restore(raw)
-    except Exception as e:
-        raise ValueError(f"{path!r} is not an inception_jax variables file (msgpack): {e}") from None
-    if not isinstance(payload, dict) or payload.get("format") != "inception_jax.variables.v1":
-        raise ValueError(f"{path!r} is not an inception_jax variables file; write one with "
-                         "`python -m inception_jax.convert` or `inception_jax.convert.save_variables`")
+    payload = _read_payload(os.fspath(path))
     options = json.loads(payload["options"])
     model = registry.create_model(payload["model"], **options)
     return model, payload["variables"]

@@ -228,7 +228,7 @@ class BNInception(nn.Module):
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         layers.check_common_options(self, "bn_inception")
         layers.check_input(x, model="bn_inception", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)
-        conv, pm = layers.bound_conv(self, bn_use_scale=self.bn_use_scale), self.padding_mode
+        conv, pm = layers.bound_conv(self), self.padding_mode
         out: dict[str, Any] = {}
 
         def stage(module, x):

@@ -219,6 +219,7 @@ class _InceptionResNet(nn.Module):
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16); the trunk widths follow
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
+    bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None

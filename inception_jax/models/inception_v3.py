@@ -63,6 +63,12 @@ Design switches (module fields), each an ablation the paper names; the defaults 
   factorisation to the remaining 5x5 (1x1 48 -> 3x3 64 -> 3x3 64, names branch5x5_2 and branch5x5_3;
   the intermediate width equals the output width, as in the released double-3x3 branch).
 
+`fid_inception_v3` is the network FID is defined with: TF's 2015-12-05 Inception graph as pytorch-fid
+rebuilds it (`FIDInceptionA/C/E_1/E_2`): every block's average pool excludes the padding, Mixed_7c's pool
+branch is a 3x3/1 max pool (`mixed_7c_pool="max"`), 1008 classes, no aux head. pytorch-fid's
+`pt_inception-2015-12-05` state_dict loads by name through `from_torch`. `bn_use_scale=False` drops
+BatchNorm's gamma, as Keras' InceptionV3 builds it (`inception_jax.convert.from_keras`).
+
 `inception_v2` is the paper's intermediate "Inception-v2" (Table 3), of which no code or weights exist.
 Table 3 lists it, then rows adding RMSProp, Label Smoothing, Factorized 7 x 7 and BN-auxiliary (the last
 is Inception-v3), and section 10 says "Each Inception-v2 line shows the result of the cumulative
@@ -203,11 +209,14 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
-    """8x8 module with expanded filter banks (Mixed_7b, 7c; Figure 7): parallel 1x3 and 3x1 outputs."""
+    """8x8 module with expanded filter banks (Mixed_7b, 7c; Figure 7): parallel 1x3 and 3x1 outputs.
+
+    `pool="max"` is the 2015-12-05 FID graph's Mixed_7c (pytorch-fid's `FIDInceptionE_2`)."""
 
     conv: ModuleDef
     count_include_pad: bool = True
     padding_mode: PaddingMode = "torch"
+    pool: Literal["avg", "max"] = "avg"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -227,7 +236,11 @@ class InceptionE(nn.Module):
             conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train),
         ])
 
-        bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
+        if self.pool == "max":
+            bp = layers.max_pool(x, 3, 1, 1, padding_mode=self.padding_mode)
+        else:
+            bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad,
+                                 padding_mode=self.padding_mode)
         bp = conv(192, 1, name="branch_pool")(bp, train)
         return layers.concat([b1, b3, bd, bp])
 
@@ -271,9 +284,11 @@ class InceptionV3(nn.Module):
     bn_aux: bool = True
     factorize_nxn: bool = True
     inception_a_5x5: InceptionA5x5 = "5x5"
+    mixed_7c_pool: Literal["avg", "max"] = "avg"  # "max": the FID graph (fid_inception_v3)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
+    bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     padding_mode: PaddingMode = "torch"  # same numbers here: every padded op is stride 1, odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -290,6 +305,8 @@ class InceptionV3(nn.Module):
     def _check_options(self, model: str):
         if self.inception_a_5x5 not in ("5x5", "3x3", "3x3x2"):
             raise ValueError(f"{model}: inception_a_5x5 must be '5x5', '3x3' or '3x3x2', got {self.inception_a_5x5!r}")
+        if self.mixed_7c_pool not in ("avg", "max"):
+            raise ValueError(f"{model}: mixed_7c_pool must be 'avg' or 'max', got {self.mixed_7c_pool!r}")
         layers.check_common_options(self, model)
 
     @nn.compact
@@ -332,7 +349,7 @@ class InceptionV3(nn.Module):
 
         x = stage(InceptionD(conv, padding_mode=pm, name="Mixed_7a"), x)
         x = stage(InceptionE(conv, name="Mixed_7b", **pools), x)
-        x = stage(InceptionE(conv, name="Mixed_7c", **pools), x)
+        x = stage(InceptionE(conv, name="Mixed_7c", pool=self.mixed_7c_pool, **pools), x)
 
         x = out["pre_logits"] = layers.global_avg_pool(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -367,3 +384,17 @@ def inception_v3(**overrides) -> InceptionV3:
 )
 def inception_v2(**overrides) -> InceptionV2:
     return InceptionV2(**overrides)
+
+
+@register_model(
+    "fid_inception_v3",
+    # pytorch-fid resizes every image to 299x299 bilinearly (no crop) and scales [0, 1] to [-1, 1].
+    data=DataConfig(crop_pct=1.0, interpolation="bilinear", num_classes=1008),
+    description="the 2015-12-05 TF Inception graph used for FID (pytorch-fid's FIDInception*), 1008 classes",
+    torch_reference="pytorch-fid fid_inception_v3 (pt_inception-2015-12-05)",
+)
+def fid_inception_v3(**overrides) -> InceptionV3:
+    """The FID network: Inception-v3 whose average pools exclude padding and whose Mixed_7c pool branch
+    is a max pool, with the graph's 1008-way classifier (REFERENCES.md §8). FID uses `pre_logits`."""
+    options = dict(num_classes=1008, avg_pool_count_include_pad=False, mixed_7c_pool="max", dropout_rate=0.0)
+    return InceptionV3(**{**options, **overrides})

@@ -300,6 +300,7 @@ class InceptionV4(nn.Module):
     depths: tuple[int, int, int] = DEPTHS
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
+    bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None

@@ -104,15 +104,16 @@ class ConvBN(nn.Module):
             name="conv",
         )(x)
         if self.use_bn:
+            # `use_running_average` is a call argument, not a field, so that fine-tuning can hold the
+            # statistics fixed in train mode by intercepting this call (inception_jax.finetune).
             x = nn.BatchNorm(
-                use_running_average=not train,
                 momentum=self.bn_momentum,
                 epsilon=self.bn_epsilon,
                 use_scale=self.bn_use_scale,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="bn",
-            )(x)
+            )(x, use_running_average=not train)
         return nn.relu(x) if self.act else x
 
 
@@ -276,9 +277,10 @@ def check_depths(depths, model: str, stages: str) -> None:
 def bound_conv(module: nn.Module, **fixed):
     """`conv(features, kernel, ...)`: a ConvBN with the network's padding, BN and dtype options bound and
     its width scaled by `width_multiplier` (slim's depth_multiplier). `fixed` adds family options."""
-    base = functools.partial(ConvBN, padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
-                             bn_epsilon=module.bn_epsilon, dtype=module.dtype, param_dtype=module.param_dtype,
-                             **fixed)
+    options = dict(padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
+                   bn_epsilon=module.bn_epsilon, bn_use_scale=getattr(module, "bn_use_scale", True),
+                   dtype=module.dtype, param_dtype=module.param_dtype)
+    base = functools.partial(ConvBN, **{**options, **fixed})
 
     def conv(features: int, kernel_size, **kwargs):
         return base(scaled_depth(features, module.width_multiplier), kernel_size, **kwargs)

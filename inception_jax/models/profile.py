@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jax_core
 
+from inception_jax.models import registry
+
 
 def count_params(params) -> int:
     """Number of trainable parameters (the `params` collection; BN running stats are not parameters)."""
@@ -80,3 +82,38 @@ def num_aux_heads(model, input_size: int) -> int:
         return out["aux_logits"]
 
     return len(jax.eval_shape(forward, variables, x))
+
+
+def summary_row(name: str) -> dict:
+    """One row of `python -m inception_jax.models`: parameters (without / with aux), GMACs, input sizes."""
+    data = registry.data_config(name)
+    model = registry.create_model(name, aux_logits=False)
+    variables = abstract_variables(model, data.input_size)
+    row = {
+        "model": name,
+        "params": count_params(variables["params"]),
+        "params_with_aux": None,
+        "gmacs": round(count_macs(model, variables, data.input_size) / 1e9, 3),
+        "input_size": data.input_size,
+        "min_input_size": data.min_input_size,
+    }
+    with_aux = registry.create_model(name, aux_logits=True)
+    if num_aux_heads(with_aux, data.input_size):
+        row["params_with_aux"] = count_params(
+            abstract_variables(with_aux, data.input_size)["params"])
+    return row
+
+
+def summary_table(rows: list[dict] | None = None) -> str:
+    """The rows (default: every registered variant) as the text table the CLI prints."""
+    if rows is None:
+        rows = [summary_row(n) for n in registry.list_models()]
+    header = f"{'model':<22}{'params':>14}{'params+aux':>14}{'GMACs':>9}{'input':>7}{'min':>6}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        aux = f"{r['params_with_aux']:,}" if r["params_with_aux"] else "-"
+        lines.append(f"{r['model']:<22}{r['params']:>14,}{aux:>14}{r['gmacs']:>9.3f}"
+                     f"{r['input_size']:>7}{r['min_input_size']:>6}")
+    lines.append("GMACs: conv + linear multiply-accumulates at the default input size, batch 1 "
+                 "(the count timm/torchvision report).")
+    return "\n".join(lines)
