@@ -18,6 +18,7 @@ import dataclasses
 import os
 import sys
 import threading
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,26 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     """Assembles each process's numpy batch into one globally sharded `jax.Array` per key."""
     sharding = data_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def prefetch_to_devices(local_batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+    """`global_batch` of each local batch, `size - 1` batches ahead: the next batch's host-to-device copy
+    (asynchronous in JAX) is under way while the current step runs, as flax's `prefetch_to_device` did
+    for pmap. Batches come out in order; stopping early only drops the ones read ahead."""
+    queue: collections.deque = collections.deque()
+    iterator = iter(local_batches)
+
+    def fill():
+        while len(queue) < size:
+            try:
+                queue.append(global_batch(next(iterator), mesh))
+            except StopIteration:
+                return
+
+    fill()
+    while queue:
+        yield queue.popleft()
+        fill()
 
 
 def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, int]:

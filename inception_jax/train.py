@@ -97,11 +97,24 @@ def fill_missing_fields(state: TrainState, config) -> TrainState:
     return state
 
 
+def normalise_images(images, mean, std):
+    """uint8 pixels (what the input pipeline sends: a quarter of float32's bytes) -> `(x / 255 - mean) /
+    std` in float32, on the device; the same formula as `preprocess.normalize`. Float batches are taken as
+    already normalised and pass through."""
+    if images.dtype != jnp.uint8:
+        return images
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
 def _forward_loss(model, config, num_classes, plan, params, batch_stats, batch, rng):
+    images = batch["image"]
+    if images.dtype == jnp.uint8:
+        images = normalise_images(images, config.input.mean, config.input.std)
     with plan.batchnorm_context():  # fine-tuning: frozen BatchNorm layers keep their statistics
         (logits, out), new_vars = model.apply(
             {"params": params, "batch_stats": batch_stats},
-            batch["image"],
+            images,
             train=True,
             mutable=["batch_stats"],
             rngs={"dropout": rng},
@@ -230,11 +243,15 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
     return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
 
 
-def make_eval_step(model, mesh):
-    """`eval_step(params, batch_stats, batch) -> sums`: exact counts over the unmasked examples."""
+def make_eval_step(model, mesh, mean=None, std=None):
+    """`eval_step(params, batch_stats, batch) -> sums`: exact counts over the unmasked examples. uint8
+    images are normalised with `mean`/`std` (config.input's) on the device."""
 
     def eval_step(params, batch_stats, batch):
-        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=False)
+        images = batch["image"]
+        if images.dtype == jnp.uint8:
+            images = normalise_images(images, mean, std)
+        logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
         logits = logits.astype(jnp.float32)
         mask = batch["mask"]
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
@@ -252,8 +269,8 @@ def make_eval_step(model, mesh):
 def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
     """Runs over every eval example once; returns `eval/top1`, `eval/top5`, `eval/loss`, `eval/examples`."""
     totals = {"correct1": 0, "correct5": 0, "loss_sum": 0.0, "count": 0}
-    for local in eval_batches():
-        sums = jax.device_get(eval_step(params, batch_stats, parallel.global_batch(local, mesh)))
+    for batch in parallel.prefetch_to_devices(eval_batches(), mesh):
+        sums = jax.device_get(eval_step(params, batch_stats, batch))
         for k in totals:
             totals[k] += sums[k].item()
     n = max(totals["count"], 1)
@@ -374,7 +391,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
     def batch_spec(batch_size: int, with_mask: bool):
-        spec = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.float32,
+        spec = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.uint8,
                                               sharding=parallel.data_sharding(mesh)),
                 "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=parallel.data_sharding(mesh))}
         if with_mask:
@@ -382,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return spec
 
     eval_step = compilation.compile_step(
-        "eval step", make_eval_step(model, mesh), state.params, state.batch_stats,
+        "eval step", make_eval_step(model, mesh, config.input.mean, config.input.std), state.params, state.batch_stats,
         batch_spec(config.eval_batch_size, True), announce=announce)
     eval_batches = functools.partial(pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size,
                                      rows=eval_rows)
@@ -404,8 +421,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         batch_spec(config.batch_size, False), dropout_rng, announce=announce)
 
     # 7. The loop.
-    train_iter = pipeline.make_train_iterator(config, global_batch_size=config.batch_size, rows=train_rows,
-                                              start_step=start_step)
+    # Each batch goes to the devices while the step before it runs (a quarter of float32's bytes: uint8).
+    train_iter = parallel.prefetch_to_devices(
+        pipeline.make_train_iterator(config, global_batch_size=config.batch_size, rows=train_rows,
+                                     start_step=start_step), mesh)
     progress = metrics_lib.Progress(total_steps, start_step, enabled=is_main and config.progress_bar)
     throughput = metrics_lib.Throughput()
     stop_vote = parallel.StopVote(mesh)
@@ -429,8 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     why = f"received signal {stop.signal}" if stop.signal is not None else "another process stopped"
                     progress.write(f"{why}: saving step {step} and exiting")
                     break
-                batch = parallel.global_batch(next(train_iter), mesh)
-                state, step_metrics = train_step(state, batch, dropout_rng)
+                state, step_metrics = train_step(state, next(train_iter), dropout_rng)
                 step += 1
                 pending.append(step_metrics)
                 throughput.add(config.batch_size)

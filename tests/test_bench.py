@@ -25,7 +25,7 @@ def test_tiny_train_benchmark_against_torchvision_reports_every_field():
                 "steps": 2, "model_options": {"width_multiplier": 0.25}, "reference": "torchvision googlenet"}
     assert {k: result[k] for k in expected} == expected
     for key in ("img_per_s", "img_per_s_min", "img_per_s_max", "ref_img_per_s", "compile_s",
-                "compile_cached_s", "peak_mem_bytes", "gflops_per_image", "achieved_tflop_per_s",
+                "compile_cached_s", "peak_mem_bytes", "xla_temp_bytes", "gflops_per_image", "achieved_tflop_per_s",
                 "peak_tflop_per_s", "utilisation"):
         assert isinstance(result[key], (int, float)) and result[key] > 0, (key, result[key])
     assert result["img_per_s_min"] <= result["img_per_s"] <= result["img_per_s_max"]

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 
+import filelock
 import h5py
 import jax
 import numpy as np
@@ -83,12 +84,22 @@ json.dump(order, open(f"{out}/layer_order.json", "w"))
 
 
 @pytest.fixture(scope="module")
-def keras_files(tmp_path_factory):
-    out = tmp_path_factory.mktemp("keras")
-    env = {**os.environ, "KERAS_BACKEND": KERAS_BACKEND, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(out)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"the Keras reference script failed:\n{proc.stderr[-4000:]}"
+def keras_files(tmp_path_factory, worker_id):
+    """The Keras models' files and outputs, written once per test session. Under xdist the workers share
+    them (the session's base directory, under a file lock): with work stealing, several workers may run
+    this file's tests, and the Keras subprocess costs ~25 s each time."""
+    if worker_id == "master":
+        out = tmp_path_factory.mktemp("keras")
+    else:
+        out = tmp_path_factory.getbasetemp().parent / "keras_reference"
+    with filelock.FileLock(f"{out}.lock"):
+        if not (out / "done").exists():
+            out.mkdir(exist_ok=True)
+            env = {**os.environ, "KERAS_BACKEND": KERAS_BACKEND, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(out)], env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert proc.returncode == 0, f"the Keras reference script failed:\n{proc.stderr[-4000:]}"
+            (out / "done").touch()
     return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -188,9 +190,10 @@ def test_train_batches_are_the_same_for_any_row_split_and_resume_exactly(digits_
     stream = pipeline.make_train_iterator(config, global_batch_size=32, rows=(0, 32))
     batches = [next(stream) for _ in range(8)]  # 256 examples: epochs 0, 1 and part of 2
     first = batches[0]
-    assert first["image"].shape == (32, 16, 16, 3) and first["image"].dtype == np.float32
+    # uint8 pixels: normalised on the device (train.normalise_images), a quarter of float32's bytes.
+    assert first["image"].shape == (32, 16, 16, 3) and first["image"].dtype == np.uint8
     assert first["label"].shape == (32,) and first["label"].dtype == np.int32
-    assert first["image"].min() >= -2.0 - 1e-6 and first["image"].max() <= 2.0 + 1e-6  # (x - 0.5) / 0.25
+    assert int(first["image"].max()) - int(first["image"].min()) > 200  # pixels, not normalised values
     quarters = [pipeline.make_train_iterator(config, global_batch_size=32, rows=(8 * p, 8 * p + 8))
                 for p in range(4)]
     for expected in batches[:4]:
@@ -221,10 +224,9 @@ def test_train_iterator_shapes_under_mock_data(name, augment):
         batches = [next(stream) for _ in range(3)]  # Runs past the 9 mock examples: the stream repeats.
     assert info.num_classes == (10 if name == "cifar10" else 1000)
     for batch in batches:
-        assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.float32
+        assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.uint8
         assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
         assert np.all((0 <= batch["label"]) & (batch["label"] < info.num_classes))
-        assert np.all(np.isfinite(batch["image"]))
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -334,3 +336,37 @@ def test_bad_split_and_augment_names_are_config_errors(digits_dir):
     with pytest.raises(ValueError, match="train_augment"):
         pipeline.make_train_iterator(make_config(data_dir=digits_dir, train_augment="mixup"),
                                      global_batch_size=2, rows=(0, 2))
+
+
+def test_uint8_batches_are_normalised_on_the_device_as_the_host_formula():
+    """`train.normalise_images` on uint8 equals `preprocess.normalize` on the same pixels, to float32
+    rounding; float batches pass through untouched."""
+    from inception_jax import train
+
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    want = preprocess.normalize(tf.constant(pixels), mean, std).numpy()
+    got = np.asarray(train.normalise_images(jnp.asarray(pixels), mean, std))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[0, 0, 0], (0 - np.array(mean)) / np.array(std), rtol=1e-6)
+    floats = jnp.full((1, 2, 2, 3), 0.25)
+    assert train.normalise_images(floats, mean, std) is floats
+
+
+def test_prefetch_to_devices_keeps_order_and_reads_one_batch_ahead():
+    from inception_jax import parallel
+
+    mesh = parallel.make_mesh()
+    read = []
+
+    def batches():
+        for i in range(3):
+            read.append(i)
+            yield {"image": np.full((8, 2, 2, 3), i, np.uint8), "label": np.full((8,), i, np.int32)}
+
+    stream = parallel.prefetch_to_devices(batches(), mesh)
+    first = next(stream)
+    assert read == [0, 1]  # batch 1 is on its way while batch 0 is used
+    assert isinstance(first["image"], jax.Array) and first["image"].sharding == parallel.data_sharding(mesh)
+    assert [int(b["label"][0]) for b in [first, *stream]] == [0, 1, 2]

@@ -7,6 +7,7 @@ model is held to the shared contract and to the reference parameter counts and G
 from __future__ import annotations
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import pytest
 
@@ -59,7 +60,7 @@ def test_unknown_option_names_the_valid_ones():
 def test_common_options_exist_everywhere(name):
     options = inception_jax.model_options(name)
     for field in ("num_classes", "in_channels", "dropout_rate", "aux_logits", "width_multiplier",
-                  "bn_momentum", "bn_epsilon", "padding_mode", "dtype", "param_dtype"):
+                  "bn_momentum", "bn_epsilon", "padding_mode", "remat", "dtype", "param_dtype"):
         assert field in options, f"{name} lacks option {field}"
 
 
@@ -284,3 +285,60 @@ def test_avg_pool_semantics_is_a_switch_on_every_padded_pool_family(name):
         assert traced(model) == flipped
     else:
         assert traced(model) != flipped
+
+
+# Inception blocks per variant at width 0.125 and depths (1, 1, 1) where the family has depths: what
+# `remat=True` must checkpoint (REFERENCES.md §1's block lists; v3: 3 x A, B, 4 x C, D, 2 x E).
+REMAT_BLOCKS = {"googlenet": 9, "bn_inception": 10, "inception_v2": 11, "inception_v3": 11,
+                "fid_inception_v3": 11, "inception_v4": 8, "inception_resnet_v2": 7, "inception_resnet_v1": 5}
+
+
+def _count_remat(jaxpr) -> int:
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name in ("checkpoint", "remat2")  # jax.checkpoint's primitive (JAX 0.10: remat2)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    n += _count_remat(inner)
+    return n
+
+
+def _remat_model(name, remat):
+    depths = {"depths": (1, 1, 1)} if "depths" in inception_jax.model_options(name) else {}
+    model = inception_jax.create_model(name, width_multiplier=0.125, remat=remat, dropout_rate=0.0, **depths)
+    size = max(inception_jax.data_config(name).min_input_size, 32)
+    return model, jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+
+
+def _train_loss(model):
+    def loss(variables, x):
+        (logits, _), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(logits ** 2)
+    return loss
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_remat_checkpoints_every_block(name):
+    """`remat=True` wraps each Inception block in jax.checkpoint and changes no parameter."""
+    counts = []
+    for remat in (False, True):
+        model, x = _remat_model(name, remat)
+        variables = jax.eval_shape(model.init, jax.random.key(0), x)
+        counts.append((_count_remat(jax.make_jaxpr(_train_loss(model))(variables, x).jaxpr),
+                       jax.tree.map(lambda a: a.shape, variables)))
+    assert counts[0][0] == 0 and counts[1][0] == REMAT_BLOCKS[name]
+    assert counts[0][1] == counts[1][1]
+
+
+@pytest.mark.parametrize("name", ["inception_resnet_v2"])  # the wiring of every variant is checked above
+def test_remat_computes_the_same_loss_and_gradients(name):
+    plain, x_spec = _remat_model(name, False)
+    remat, _ = _remat_model(name, True)
+    x = jax.random.normal(jax.random.key(1), x_spec.shape)
+    variables = plain.init(jax.random.key(0), x)
+    want = jax.jit(jax.value_and_grad(_train_loss(plain)))(variables, x)
+    got = jax.jit(jax.value_and_grad(_train_loss(remat)))(variables, x)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.abs(a).max() + 1))

@@ -152,8 +152,7 @@ def global_runs(digits_dir, tmp_path_factory):
     return {"one": one, "two": two, "two_outputs": [out for _, out in results], "data_dir": digits_dir}
 
 
-@pytest.mark.slow
-def test_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs):
+def _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs):
     _assert_same_run(global_runs["one"], global_runs["two"])
     out0, out1 = global_runs["two_outputs"]
     assert "joined: process 0 of 2, 4 local of 8 devices" in out0
@@ -173,8 +172,7 @@ def test_two_processes_train_exactly_as_one_with_per_device_batchnorm(digits_dir
     _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
-@pytest.mark.slow
-def test_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path):
+def _check_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(global_runs["two"], work)
     (status, out), = _finish(_start(_flags(work, global_runs["data_dir"], steps=STEPS + 2), devices=1))
@@ -184,8 +182,7 @@ def test_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path)
     assert ckpt_lib.Checkpointer(str(work)).latest_step() == STEPS + 2
 
 
-@pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_pair_resumes(global_runs, tmp_path):
+def _check_sigterm_to_one_process_stops_both_at_the_same_step_and_the_pair_resumes(global_runs, tmp_path):
     """SIGTERM to process 1 only: both save the same step and exit 0. The newest checkpoint is then
     garbled; the resumed pair skips it on both processes alike and ends exactly where the
     uninterrupted pair did."""
@@ -216,6 +213,15 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step_and_the_pair_resumes
     for _, out in results:
         assert f"checkpoint at step {stopped[0]}" in out and "cannot be restored" in out
     _assert_same_run(global_runs["two"], work, rtol=0.0)
+
+
+@pytest.mark.slow
+def test_global_batchnorm_pair_equals_one_process_continues_on_one_device_and_survives_sigterm(global_runs, tmp_path):
+    """The checks that share the global-BatchNorm runs, in one test: under xdist's work stealing a module
+    fixture runs again on each worker that takes one of its tests, and these runs cost about 2 minutes."""
+    _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs)
+    _check_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path / "continue")
+    _check_sigterm_to_one_process_stops_both_at_the_same_step_and_the_pair_resumes(global_runs, tmp_path / "sigterm")
 
 
 def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_path):

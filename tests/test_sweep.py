@@ -303,8 +303,7 @@ def real_sweep(tmp_path_factory, digits_dir):
     return facts
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(real_sweep):
+def _check_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(real_sweep):
     names, after = real_sweep["names"], real_sweep["after_interrupt"]
     assert real_sweep["interrupt_code"] == 0, real_sweep["interrupt_out"]
     assert "stopping: passing signal 2" in real_sweep["interrupt_out"]
@@ -321,8 +320,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(real_sweep):
     assert log.count("=== attempt") == 2 and "final eval at step 12" in log
 
 
-@pytest.mark.slow
-def test_a_failed_run_is_recorded_while_the_others_complete(real_sweep):
+def _check_a_failed_run_is_recorded_while_the_others_complete(real_sweep):
     names = real_sweep["names"]
     assert real_sweep["rerun_code"] == 1, real_sweep["rerun_out"]
     runs = {r["name"]: r for r in real_sweep["after_rerun"]["runs"]}
@@ -336,8 +334,7 @@ def test_a_failed_run_is_recorded_while_the_others_complete(real_sweep):
     assert "1 to run" in real_sweep["retry_out"]
 
 
-@pytest.mark.slow
-def test_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep):
+def _check_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep):
     manifest, names = real_sweep["final"], real_sweep["names"]
     assert [r["name"] for r in manifest["runs"]] == names
     assert all(r["status"] == "done" and r["exit_code"] == 0 for r in manifest["runs"])
@@ -356,8 +353,7 @@ def test_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep):
         assert run["commit"] == sweep._commit()
 
 
-@pytest.mark.slow
-def test_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, monkeypatch):
+def _check_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, monkeypatch):
     monkeypatch.setattr(sweep, "_start", lambda *a, **k: pytest.fail("a finished run was started again"))
     before = {r["name"]: r for r in real_sweep["final"]["runs"]}
     code, out = _main(real_sweep["argv"] + ["--parallel", "2"])
@@ -366,8 +362,7 @@ def test_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, monkeypatch):
     assert after == before
 
 
-@pytest.mark.slow
-def test_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys):
+def _check_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys):
     code, _ = _main(real_sweep["argv"] + ["--config.total_steps=99"])
     assert code == 2 and "holds another sweep (flags:" in capsys.readouterr().err
     with sweep._locked(str(real_sweep["dir"])):  # as if another sweep (or a run it started) were alive
@@ -375,8 +370,7 @@ def test_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys):
     assert code == 2 and "another sweep, or a run it started, is still running" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_the_report_of_the_sweep(real_sweep, tmp_path):
+def _check_the_report_of_the_sweep(real_sweep, tmp_path):
     path = report.write_report(str(real_sweep["dir"]), str(tmp_path))
     text = open(path).read()
     rows = report.summarise(str(real_sweep["dir"]))
@@ -386,3 +380,16 @@ def test_the_report_of_the_sweep(real_sweep, tmp_path):
     assert "`dataset.train_split=train[:50%]` vs `dataset.train_split=train`" in text
     for png in (tmp_path / "study_curves.png", tmp_path / "study_gmacs.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_real_sweep_end_to_end(real_sweep, tmp_path, monkeypatch, capsys):
+    """Every check of the real 2 x 2 sweep in one test: under xdist's work stealing, a module fixture runs
+    again on each worker that takes one of its tests, and this one costs about 100 s."""
+    _check_ctrl_c_stops_the_sweep_cleanly_and_a_rerun_resumes(real_sweep)
+    _check_a_failed_run_is_recorded_while_the_others_complete(real_sweep)
+    _check_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep)
+    _check_the_report_of_the_sweep(real_sweep, tmp_path)
+    with monkeypatch.context() as patch:
+        _check_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, patch)
+    _check_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys)

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from inception_jax.convert.torch_weights import WeightMismatchError
+from inception_jax.convert.torch_weights import WeightMismatchError, listing
 from inception_jax.models import registry
 
 SUPPORTED = ("inception_v3", "inception_resnet_v2")
@@ -447,13 +447,6 @@ def _counts(layers) -> dict[str, int]:
 
 
 def _report(name, options, counts, unexpected, missing, mismatched, misplaced) -> str:
-    def block(title, items):
-        if not items:
-            return ""
-        shown = "\n    ".join(items[:20])
-        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
-        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
-
     in_file, want = counts
     hints = [f"the file's {in_file['conv']} conv layers are Keras' {_KERAS_CLASS[other]}: import it as {other!r}"
              for other in SUPPORTED if other != name and _counts(_GRAPHS[other]().slots.values()) == in_file]
@@ -465,10 +458,10 @@ def _report(name, options, counts, unexpected, missing, mismatched, misplaced) -
     hint = ("\n  Hint: " + "; ".join(hints)) if hints else ""
     chosen = {k: v for k, v in options.items() if k not in keras_model_options(name)}
     return (f"Keras weights do not fit model {name!r} ({_KERAS_CLASS[name]}) with {chosen}:"
-            + block("unexpected in file", unexpected)
-            + block("missing from file", missing)
-            + block("shape mismatch", mismatched)
-            + block("out of place (Keras names these layers)", misplaced)
+            + listing("unexpected in file", unexpected)
+            + listing("missing from file", missing)
+            + listing("shape mismatch", mismatched)
+            + listing("out of place (Keras names these layers)", misplaced)
             + hint)
 
 

@@ -156,14 +156,16 @@ def _is_aux_key(key: str) -> bool:
     return head.lower().startswith("aux")
 
 
-def _mismatch_report(name, overrides, unexpected, missing, mismatched) -> str:
-    def block(title, items):
-        if not items:
-            return ""
-        shown = "\n    ".join(items[:20])
-        more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
-        return f"\n  {title} ({len(items)}):\n    {shown}{more}"
+def listing(title: str, items: list[str]) -> str:
+    """One section of a mismatch report: a title with the count, then up to 20 of the items."""
+    if not items:
+        return ""
+    shown = "\n    ".join(items[:20])
+    more = f"\n    ... and {len(items) - 20} more" if len(items) > 20 else ""
+    return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
+
+def _mismatch_report(name, overrides, unexpected, missing, mismatched) -> str:
     hints = []
     if any(_is_aux_key(k) for k in unexpected):
         hints.append("the file has aux-head weights: pass aux_logits=True, or drop_aux=True to discard them")
@@ -176,8 +178,8 @@ def _mismatch_report(name, overrides, unexpected, missing, mismatched) -> str:
     hint = ("\n  Hint: " + "; ".join(hints)) if hints else ""
     return (
         f"weights do not fit model {name!r} with options {overrides or '{}'}:"
-        + block("unexpected in file", unexpected)
-        + block("missing from file", missing)
-        + block("shape mismatch", mismatched)
+        + listing("unexpected in file", unexpected)
+        + listing("missing from file", missing)
+        + listing("shape mismatch", mismatched)
         + hint
     )

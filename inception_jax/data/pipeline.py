@@ -1,8 +1,9 @@
 """The per-process tf.data input pipeline: TFDS -> augment -> numpy batches. TensorFlow stays in here.
 
 The trainer sees only numpy: `make_train_iterator` and `make_eval_iterator` yield dicts of arrays,
-`{"image": float32 (B, H, W, 3), "label": int32 (B,)}`, plus `"mask": bool (B,)` for eval, where `B`
-is the number of global-batch rows this process feeds (`rows`, from `parallel.process_rows`).
+`{"image": uint8 (B, H, W, 3), "label": int32 (B,)}`, plus `"mask": bool (B,)` for eval, where `B`
+is the number of global-batch rows this process feeds (`rows`, from `parallel.process_rows`). Images
+stay uint8 (augmented, resized, rounded) until the devices normalise them (`train.normalise_images`).
 Importing this module hides GPUs from TensorFlow, so tf.data never takes accelerator memory from JAX.
 
 **The global batch does not depend on the number of processes.** Examples are read by index from
@@ -246,9 +247,12 @@ def _check_rows(global_batch_size: int, rows) -> tuple[int, int]:
     return int(start), int(stop)
 
 
-def _finish(image: tf.Tensor, config) -> tf.Tensor:
-    """[0, 255] image -> 3 channels -> normalised with config.input.mean/std."""
-    return preprocess.normalize(preprocess.to_rgb(image), config.input.mean, config.input.std)
+def _finish(image: tf.Tensor) -> tf.Tensor:
+    """[0, 255] image -> 3 channels, rounded to uint8. Batches travel to the devices at a quarter of
+    float32's bytes and are normalised there with config.input.mean/std (`train.normalise_images`), the
+    way PIL-based pipelines (timm, torchvision) also hand uint8 pixels to their normalisation."""
+    image = tf.cast(preprocess.to_rgb(image), tf.float32)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def _train_fn(config, channels: int):
@@ -282,7 +286,7 @@ def _train_fn(config, channels: int):
         if distort:
             image = preprocess.color_distortion(image / 255.0, color_seed) * 255.0
         image.set_shape([size, size, 3])
-        return {"image": _finish(image, config), "label": tf.cast(ex["label"], tf.int32)}
+        return {"image": _finish(image), "label": tf.cast(ex["label"], tf.int32)}
 
     return fn
 
@@ -294,7 +298,7 @@ def _eval_fn(config, channels: int):
 
     def fn(ex):
         image = preprocess.central_crop(_decoded(ex["image"], channels), size, crop_pct, interpolation=interpolation)
-        return {"image": _finish(image, config), "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+        return {"image": _finish(image), "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
 
     return fn
 
@@ -420,7 +424,7 @@ def make_train_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless augmented training batches: this process's `rows` of global batches `start_step, ...`.
 
-    Yields {"image": float32 (R, S, S, 3), "label": int32 (R,)} with R = the number of rows and
+    Yields {"image": uint8 (R, S, S, 3), "label": int32 (R,)} with R = the number of rows and
     S = config.input.image_size. Deterministic given config.seed and the global batch size; see the
     module docstring for the order and how `start_step` resumes it.
     """
@@ -500,7 +504,7 @@ class EvalBatches:
 def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
     """One pass over config.dataset.eval_split in order: this process's `rows` of each global batch.
 
-    Yields {"image": float32 (R, S, S, 3), "label": int32 (R,), "mask": bool (R,)}, every batch full
+    Yields {"image": uint8 (R, S, S, 3), "label": int32 (R,), "mask": bool (R,)}, every batch full
     size. Across processes each example appears exactly once with mask True; padding rows (zero image,
     label 0) have mask False. Every process yields the same number of batches, so per-batch
     collectives in a multi-host eval line up. Transform: `preprocess.central_crop(image_size, crop_pct)`.
@@ -511,7 +515,7 @@ def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
     channels = _channels(builder)
     eval_fn = _eval_fn(config, channels)
     size = int(config.input.image_size)
-    padding = {"image": tf.zeros([size, size, 3], tf.float32), "label": tf.constant(0, tf.int32),
+    padding = {"image": tf.zeros([size, size, 3], tf.uint8), "label": tf.constant(0, tf.int32),
                "mask": tf.constant(False)}
     split = config.dataset.eval_split
     source = _source(builder, split)

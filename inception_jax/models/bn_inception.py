@@ -212,6 +212,7 @@ class BNInception(nn.Module):
     dropout_rate: float = 0.2  # slim dropout_keep_prob 0.8
     factorize_5x5: bool = True  # False: one 5x5 conv in place of each double 3x3 (BN paper ablation)
     bn_use_scale: bool = True  # timm style; slim checkpoints (scale=False) need False
+    remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
     bn_momentum: float = 0.9  # Flax convention (PyTorch's 0.1); slim trains with 0.9997
     bn_epsilon: float = 1e-3
@@ -248,10 +249,10 @@ class BNInception(nn.Module):
 
         for name in _ORDER:
             if name in _REDUCTION_CFG:
-                block = ReductionModule(*_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
+                block = layers.remat_if(ReductionModule, self.remat)(*_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
                                         padding_mode=pm, name=name)
             else:
-                block = InceptionModule(*_INCEPTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
+                block = layers.remat_if(InceptionModule, self.remat)(*_INCEPTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
                                         padding_mode=pm, count_include_pad=self.avg_pool_count_include_pad,
                                         name=name)
             x = stage(block, x)

@@ -153,6 +153,7 @@ class GoogLeNet(nn.Module):
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
+    remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     padding_mode: PaddingMode = "torch"
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -202,7 +203,7 @@ class GoogLeNet(nn.Module):
 
         aux = []
         for name, widths in _INCEPTION_CFG.items():
-            x = stage(Inception(*widths, conv=conv, branch3_kernel=self.branch3_kernel, naive=self.naive,
+            x = stage(layers.remat_if(Inception, self.remat)(*widths, conv=conv, branch3_kernel=self.branch3_kernel, naive=self.naive,
                                 padding_mode=self.padding_mode, name=name), x)
             if name in _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):
                 head = InceptionAux(self.num_classes, conv, self.aux_dropout_rate, dtype=self.dtype,

@@ -47,6 +47,7 @@ Options beyond the family's common ones:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -220,6 +221,7 @@ class _InceptionResNet(nn.Module):
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
+    remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -296,20 +298,21 @@ class InceptionResNetV2(_InceptionResNet):
 
         x = self._stem(conv, x, train, endpoint)
         x = max_pool_3x3_s2(x, pm)  # maxpool_5a
-        x = endpoint("mixed_5b", Mixed5b(conv, pm, self.avg_pool_count_include_pad, name="mixed_5b")(x, train))
+        r = functools.partial(layers.remat_if, enabled=self.remat)
+        x = endpoint("mixed_5b", r(Mixed5b)(conv, pm, self.avg_pool_count_include_pad, name="mixed_5b")(x, train))
         for i in range(n35):
-            x = Block35((32, 32, 32, 32, 48, 64), s35, conv, **dt, name=f"repeat_{i}")(x, train)
+            x = r(Block35)((32, 32, 32, 32, 48, 64), s35, conv, **dt, name=f"repeat_{i}")(x, train)
         x = endpoint("repeat", x)
-        x = endpoint("mixed_6a", ReductionA(256, 256, 384, 384, conv, pm, name="mixed_6a")(x, train))
+        x = endpoint("mixed_6a", r(ReductionA)(256, 256, 384, 384, conv, pm, name="mixed_6a")(x, train))
         for i in range(n17):
-            x = Block17((192, 128, 160, 192), s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
+            x = r(Block17)((192, 128, 160, 192), s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)  # slim's PreAuxLogits
-        x = endpoint("mixed_7a", ReductionB((384, 288, 288, 320), conv, pm, name="mixed_7a")(x, train))
+        x = endpoint("mixed_7a", r(ReductionB)((384, 288, 288, 320), conv, pm, name="mixed_7a")(x, train))
         for i in range(n8):
-            x = Block8((192, 192, 224, 256), s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
+            x = r(Block8)((192, 192, 224, 256), s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
         x = endpoint("repeat_2", x)
-        x = endpoint("block8", Block8((192, 192, 224, 256), 1.0, conv, False, f, **dt, name="block8")(x, train))
+        x = endpoint("block8", r(Block8)((192, 192, 224, 256), 1.0, conv, False, f, **dt, name="block8")(x, train))
         x = endpoint("conv2d_7b", conv(1536, 1, name="conv2d_7b")(x, train))
         logits = layers.classifier_head(self, x, train, out, "classif")
         out["aux_logits"] = tuple(aux)
@@ -339,18 +342,19 @@ class InceptionResNetV1(_InceptionResNet):
         aux: list = []
 
         x = self._stem(conv, x, train, endpoint)
+        r = functools.partial(layers.remat_if, enabled=self.remat)
         x = endpoint("conv2d_4b", conv(256, 3, strides=2, name="conv2d_4b")(x, train))  # Fig. 14: 35x35x256
         for i in range(n35):
-            x = Block35((32,) * 6, s35, conv, **dt, name=f"repeat_{i}")(x, train)
+            x = r(Block35)((32,) * 6, s35, conv, **dt, name=f"repeat_{i}")(x, train)
         x = endpoint("repeat", x)
-        x = endpoint("mixed_6a", ReductionA(192, 192, 256, 384, conv, pm, name="mixed_6a")(x, train))  # 17x17x896
+        x = endpoint("mixed_6a", r(ReductionA)(192, 192, 256, 384, conv, pm, name="mixed_6a")(x, train))  # 17x17x896
         for i in range(n17):
-            x = Block17((128,) * 4, s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
+            x = r(Block17)((128,) * 4, s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)
-        x = endpoint("mixed_7a", ReductionB((384, 256, 256, 256), conv, pm, name="mixed_7a")(x, train))  # 8x8x1792
+        x = endpoint("mixed_7a", r(ReductionB)((384, 256, 256, 256), conv, pm, name="mixed_7a")(x, train))  # 8x8x1792
         for i in range(n8):
-            x = Block8((192,) * 4, s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
+            x = r(Block8)((192,) * 4, s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
         x = endpoint("repeat_2", x)
         logits = layers.classifier_head(self, x, train, out, "classif")
         out["aux_logits"] = tuple(aux)

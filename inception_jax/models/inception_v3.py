@@ -289,6 +289,7 @@ class InceptionV3(nn.Module):
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
+    remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     padding_mode: PaddingMode = "torch"  # same numbers here: every padded op is stride 1, odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -336,10 +337,10 @@ class InceptionV3(nn.Module):
         x = layers.max_pool(x, 3, 2, padding_mode=pm)
 
         for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
-            x = stage(InceptionA(pool_features, conv, branch5x5=self.inception_a_5x5, name=name, **pools), x)
-        x = stage(InceptionB(conv, padding_mode=pm, name="Mixed_6a"), x)
+            x = stage(layers.remat_if(InceptionA, self.remat)(pool_features, conv, branch5x5=self.inception_a_5x5, name=name, **pools), x)
+        x = stage(layers.remat_if(InceptionB, self.remat)(conv, padding_mode=pm, name="Mixed_6a"), x)
         for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-            x = stage(InceptionC(c7, conv, factorize_nxn=self.factorize_nxn, name=name, **pools), x)
+            x = stage(layers.remat_if(InceptionC, self.remat)(c7, conv, factorize_nxn=self.factorize_nxn, name=name, **pools), x)
 
         aux = ()
         if self.num_aux_heads and (train or self.is_initializing()):
@@ -347,9 +348,10 @@ class InceptionV3(nn.Module):
                                 param_dtype=self.param_dtype, name="AuxLogits")(x, train)
             aux = (head,) if train else ()
 
-        x = stage(InceptionD(conv, padding_mode=pm, name="Mixed_7a"), x)
-        x = stage(InceptionE(conv, name="Mixed_7b", **pools), x)
-        x = stage(InceptionE(conv, name="Mixed_7c", pool=self.mixed_7c_pool, **pools), x)
+        block_e = layers.remat_if(InceptionE, self.remat)
+        x = stage(layers.remat_if(InceptionD, self.remat)(conv, padding_mode=pm, name="Mixed_7a"), x)
+        x = stage(block_e(conv, name="Mixed_7b", **pools), x)
+        x = stage(block_e(conv, name="Mixed_7c", pool=self.mixed_7c_pool, **pools), x)
 
         x = out["pre_logits"] = layers.global_avg_pool(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -41,6 +41,7 @@ Options beyond the family's common ones:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any
 
@@ -301,6 +302,7 @@ class InceptionV4(nn.Module):
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
+    remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -323,18 +325,19 @@ class InceptionV4(nn.Module):
         cip = self.avg_pool_count_include_pad
         n_a, n_b, n_c = self.depths
         names = (f"features_{i}" for i in itertools.count())  # timm's `features` Sequential index
+        r = functools.partial(layers.remat_if, enabled=self.remat)
         trunk = [
             conv(32, 3, strides=2, name=next(names)),  # stem (Fig. 3)
             conv(32, 3, name=next(names)),
             conv(64, 3, padding=1, name=next(names)),
-            Mixed3a(conv, pm, name=next(names)),
-            Mixed4a(conv, f, name=next(names)),
-            Mixed5a(conv, pm, name=next(names)),
-            *(InceptionA(conv, pm, cip, name=next(names)) for _ in range(n_a)),  # Mixed_5b..e
-            ReductionA(192, 224, 256, 384, conv, pm, name=next(names)),  # Mixed_6a
-            *(InceptionB(conv, f, pm, cip, name=next(names)) for _ in range(n_b)),  # Mixed_6b..h
-            ReductionB(conv, f, pm, name=next(names)),  # Mixed_7a
-            *(InceptionC(conv, f, pm, cip, name=next(names)) for _ in range(n_c)),  # Mixed_7b..d
+            r(Mixed3a)(conv, pm, name=next(names)),
+            r(Mixed4a)(conv, f, name=next(names)),
+            r(Mixed5a)(conv, pm, name=next(names)),
+            *(r(InceptionA)(conv, pm, cip, name=next(names)) for _ in range(n_a)),  # Mixed_5b..e
+            r(ReductionA)(192, 224, 256, 384, conv, pm, name=next(names)),  # Mixed_6a
+            *(r(InceptionB)(conv, f, pm, cip, name=next(names)) for _ in range(n_b)),  # Mixed_6b..h
+            r(ReductionB)(conv, f, pm, name=next(names)),  # Mixed_7a
+            *(r(InceptionC)(conv, f, pm, cip, name=next(names)) for _ in range(n_c)),  # Mixed_7b..d
         ]
         aux_after = trunk[6 + n_a + n_b]  # Mixed_6h, the last Inception-B
         out: dict[str, Any] = {}

@@ -274,6 +274,16 @@ def check_depths(depths, model: str, stages: str) -> None:
         raise ValueError(f"{model}: depths takes 3 whole numbers >= 1 (the {stages}), got {depths!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def remat_if(block_cls: type, enabled: bool) -> type:
+    """`block_cls`, or with `enabled` its gradient-checkpointed form (`nn.remat`, i.e. `jax.checkpoint`):
+    the block keeps only its input for the backward pass and recomputes its inner activations there, so
+    training holds one block's intermediates at a time instead of every block's, for about one more
+    forward pass of compute. Parameter names and values are unchanged, so weight files load either way.
+    Blocks are called as `block(x, train)`; `train` (argument 2, counting `self`) is static."""
+    return nn.remat(block_cls, static_argnums=(2,)) if enabled else block_cls
+
+
 def bound_conv(module: nn.Module, **fixed):
     """`conv(features, kernel, ...)`: a ConvBN with the network's padding, BN and dtype options bound and
     its width scaled by `width_multiplier` (slim's depth_multiplier). `fixed` adds family options."""
