@@ -78,15 +78,11 @@ def blocks_in_order(model: nn.Module, image_size: int) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What fine-tuning changes in the train step; `active` is False for ordinary training."""
+    """What fine-tuning changes in the train step; the default Plan changes nothing."""
 
     frozen: frozenset[str] = frozenset()
     freeze_bn: bool = False
     backbone_lr_multiplier: float = 1.0
-
-    @property
-    def active(self) -> bool:
-        return bool(self.frozen) or self.freeze_bn or self.backbone_lr_multiplier != 1.0
 
     def label(self, top: str) -> str:
         if top in self.frozen:
@@ -103,22 +99,24 @@ class Plan:
             lambda path, g: jnp.zeros_like(g) if self.label(path[0].key) == FROZEN else g, grads)
 
     def wrap(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
-        """`tx` over the trainable leaves only, frozen leaves set to zero, backbone updates scaled."""
-        if not self.active:
-            return tx
-        # One `tx` over head and backbone together, so clipping and the optimizer see every trainable leaf.
-        trains = lambda params: jax.tree.map(lambda lab: FROZEN if lab == FROZEN else "train", self.labels(params))
-        inner = optax.multi_transform({"train": tx, FROZEN: optax.set_to_zero()}, trains)
-        if self.backbone_lr_multiplier == 1.0:
-            return inner
-        m = self.backbone_lr_multiplier
+        """`tx` over the trainable leaves only, frozen leaves set to zero, backbone updates scaled. Without
+        frozen blocks or a multiplier it is `tx` itself (`freeze_bn` alone changes no update), so the
+        optimizer state keeps the shape of an ordinary run's."""
+        if self.frozen:
+            # One `tx` over head and backbone together: clipping and the optimizer see every trainable leaf.
+            trains = lambda params: jax.tree.map(lambda lab: FROZEN if lab == FROZEN else "train",
+                                                 self.labels(params))
+            tx = optax.multi_transform({"train": tx, FROZEN: optax.set_to_zero()}, trains)
+        if self.backbone_lr_multiplier != 1.0:
+            m = self.backbone_lr_multiplier
 
-        def scale_backbone(updates, params=None):
-            del params
-            return jax.tree_util.tree_map_with_path(
-                lambda path, u: u * m if self.label(path[0].key) == BACKBONE else u, updates)
+            def scale_backbone(updates, params=None):
+                del params
+                return jax.tree_util.tree_map_with_path(
+                    lambda path, u: u * m if self.label(path[0].key) == BACKBONE else u, updates)
 
-        return optax.chain(inner, optax.stateless(scale_backbone))
+            tx = optax.chain(tx, optax.stateless(scale_backbone))
+        return tx
 
     def batchnorm_context(self):
         """A context under which BatchNorm layers of frozen blocks (all of them with `freeze_bn`)

@@ -112,6 +112,8 @@ def test_freeze_bn_normalises_with_the_running_statistics_in_train_mode():
     np.testing.assert_allclose(frozen_train[0], eval_logits, rtol=1e-6, atol=1e-6)
     free_train, _ = _Tiny().apply(variables, batch["image"], train=True, mutable=["batch_stats"])
     assert np.abs(free_train[0] - eval_logits).max() > 1e-3  # without the plan, batch statistics
+    tx = optim.make_optimizer(config, 10, 10)[0]
+    assert plan.wrap(tx) is tx  # freeze_bn alone changes no update: the optimizer state keeps its shape
 
 
 def test_head_only_freezes_every_block():
