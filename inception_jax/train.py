@@ -108,9 +108,7 @@ def normalise_images(images, mean, std):
 
 
 def _forward_loss(model, config, num_classes, plan, params, batch_stats, batch, rng):
-    images = batch["image"]
-    if images.dtype == jnp.uint8:
-        images = normalise_images(images, config.input.mean, config.input.std)
+    images = normalise_images(batch["image"], config.input.mean, config.input.std)
     with plan.batchnorm_context():  # fine-tuning: frozen BatchNorm layers keep their statistics
         (logits, out), new_vars = model.apply(
             {"params": params, "batch_stats": batch_stats},
@@ -248,9 +246,7 @@ def make_eval_step(model, mesh, mean=None, std=None):
     images are normalised with `mean`/`std` (config.input's) on the device."""
 
     def eval_step(params, batch_stats, batch):
-        images = batch["image"]
-        if images.dtype == jnp.uint8:
-            images = normalise_images(images, mean, std)
+        images = normalise_images(batch["image"], mean, std)
         logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)
         logits = logits.astype(jnp.float32)
         mask = batch["mask"]
