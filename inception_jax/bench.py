@@ -1,5 +1,6 @@
-"""Speed of a variant's train or inference step, side by side with its PyTorch reference:
-`python -m inception_jax.bench --model inception_v3 [--mode train|infer] [--compare timm] [--json]`.
+"""Speed of a variant's train or inference step, side by side with its PyTorch reference, or of the
+training input pipeline that feeds it:
+`python -m inception_jax.bench --model inception_v3 [--mode train|infer|input] [--compare timm] [--json]`.
 
 What is timed is the trainer's own jitted step (`train.make_train_step`: forward, loss, gradients,
 optimizer update, BatchNorm statistics) or the eval forward pass, on random data already on the
@@ -15,12 +16,23 @@ RSS of the process on CPU, taken before the reference is built), the achieved FL
 multiply-accumulate count: 2 FLOPs each, x3 for a train step) and its share of the device's peak
 (a datasheet figure for known GPUs, `--peak-tflops`, else a large matmul measured on the device).
 Timings are medians over `--steps` steps; this is a measurement tool, not a test.
+
+`--mode input` times the host side instead: the trainer's own `pipeline.make_train_iterator` (JPEG decode
+with the Inception crop fused into it, flip, colour distortion unless `--no-color-distortion`, resize to
+`--image-size` with the variant's interpolation, uint8 batches), one process feeding the whole batch, so
+its images/s can be set against the train step's to see which one limits training. The data is
+`sample_photos` (ImageNet-sized JPEGs built offline into a temporary directory in a few seconds, then
+read from the page cache) or a prepared TFDS dataset (`--dataset imagenet2012 --data-dir DIR`, whose
+reads may also wait on its disk).
+`--threads` bounds tf.data too: every thread inherits the CPU affinity and TensorFlow sizes its pools
+from it (with one thread, images/s equal the reported images per CPU-second).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import json
 import os
 import platform
@@ -57,6 +69,17 @@ GPU_PEAK_FLOPS = {
 
 LEARNING_RATE = 0.045  # the Rethinking recipe's; any value times the same
 
+# Options of one side only: the input pipeline's are errors elsewhere; the model step's are ignored (with a
+# note) by --mode input, so scripts can pass one set of options to every mode.
+INPUT_OPTIONS = ("dataset", "data_dir", "split", "no_color_distortion", "sample_examples")
+MODEL_STEP_OPTIONS = ("dtype", "devices", "num_classes", "model_option", "ref_compile", "ref_channels_last",
+                      "peak_tflops", "xla_cpu_convolutions")
+# Result fields with no meaning for an input-pipeline row: null there, so every row has the same keys.
+MODEL_STEP_FIELDS = ("model_options", "device", "xla_cpu_convolutions", "compile_s", "compile_cached_s", "compile_cache_hit",
+                     "peak_mem_bytes", "xla_temp_bytes", "gflops_per_image", "achieved_tflop_per_s", "peak_tflop_per_s",
+                     "peak_source", "utilisation", "reference", "ref_img_per_s", "ref_img_per_s_min",
+                     "ref_img_per_s_max", "ref_peak_mem_bytes", "ratio")
+
 
 class BenchError(ValueError):
     """A bad command line: the message names the option, the value and the fix."""
@@ -71,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m inception_jax.bench", description=__doc__.splitlines()[0],
                                 allow_abbrev=False)
     p.add_argument("--model", help="a registered variant, e.g. inception_v3")
-    p.add_argument("--mode", choices=("train", "infer"), default="train")
+    p.add_argument("--mode", choices=("train", "infer", "input"), default="train",
+                   help="the train step, the inference forward pass, or the training input pipeline")
     p.add_argument("--batch-size", type=int, default=8, help="global batch over all devices used (default 8)")
     p.add_argument("--image-size", type=int, default=None, help="default: the variant's input size")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -89,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-compile", action="store_true", help="torch.compile the reference step")
     p.add_argument("--ref-channels-last", action="store_true", help="channels-last memory format for the reference")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation figure")
+    p.add_argument("--xla-cpu-convolutions", choices=("eigen", "ynnpack"), default="eigen",
+                   help="on a CPU: XLA's own convolutions (our default) or its YNNPACK library (XLA's default); "
+                        "see inception_jax/compilation.py")
+    p.add_argument("--dataset", help="--mode input: a prepared TFDS dataset, e.g. imagenet2012 "
+                                      "(default: the built-in sample_photos, built into a temporary directory)")
+    p.add_argument("--data-dir", help="--mode input: the TFDS data dir holding --dataset (default: TFDS's)")
+    p.add_argument("--split", default="train", help="--mode input: the split read (default train)")
+    p.add_argument("--no-color-distortion", action="store_true",
+                   help="--mode input: leave out the Inception colour distortion (the ImageNet recipe applies it)")
+    p.add_argument("--sample-examples", type=int, default=None, help=argparse.SUPPRESS)  # tests: a smaller set
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--table", metavar="JSONL", help="print a markdown table of the --json results in this file "
                                                     "(one object per line; what BENCHMARKS.md shows) and exit")
@@ -122,6 +156,19 @@ def check_args(args, registry) -> dict[str, Any]:
         raise BenchError(f"--warmup must be at least 0, got {args.warmup}")
     if args.threads is not None and not 1 <= args.threads <= len(os.sched_getaffinity(0)):
         raise BenchError(f"--threads {args.threads}: this process may use 1 to {len(os.sched_getaffinity(0))} cores")
+    if args.mode == "input":
+        if args.compare:
+            raise BenchError(f"--compare {args.compare} does not apply to --mode input, which times our input "
+                             "pipeline alone; drop --compare")
+        if args.data_dir and not args.dataset:
+            raise BenchError(f"--data-dir {args.data_dir} needs --dataset NAME, e.g. --dataset imagenet2012 "
+                             "(without both, the built-in sample_photos set is timed)")
+        if args.sample_examples is not None and (args.dataset or args.sample_examples < 1):
+            raise BenchError("--sample-examples takes a positive count, for the built-in set only")
+    else:
+        misplaced = [name for name in INPUT_OPTIONS if getattr(args, name) != _parser().get_default(name)]
+        if misplaced:
+            raise BenchError(f"--{misplaced[0].replace('_', '-')} applies to --mode input only")
     if args.compare and args.model not in REFERENCES[args.compare]:
         have = ", ".join(f"{lib}: {', '.join(sorted(m))}" for lib, m in REFERENCES.items())
         raise BenchError(f"--compare {args.compare} has no reference for {args.model!r} (references: {have}); "
@@ -157,6 +204,7 @@ def _bench_config(args, options):
     c.schedule.name = "constant"
     c.schedule.base_learning_rate = LEARNING_RATE
     c.label_smoothing = 0.1
+    c.xla_cpu_convolutions = args.xla_cpu_convolutions
     return c
 
 
@@ -193,7 +241,8 @@ def _ours(args, options, mesh):
         jitted = train.make_train_step(model, tx, schedule, config, args.num_classes, mesh)
         call_args = (state, batch, jax.random.key(1))
     else:
-        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=replicated)
+        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=replicated,
+                         compiler_options=compilation.compiler_options(mesh, args.xla_cpu_convolutions))
         call_args = (variables, batch["image"])
 
     _, compile_s, _ = compilation.compile_timed(jitted, *call_args)
@@ -319,14 +368,19 @@ def run(args) -> dict[str, Any]:
     from inception_jax.models import registry
 
     options = check_args(args, registry)
-    if args.threads is not None:  # before JAX starts its thread pools, which size themselves to this set
+    if args.threads is not None:  # before JAX and TensorFlow start their thread pools, sized to this set
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
+    threads = args.threads or len(os.sched_getaffinity(0))
+    data = registry.data_config(args.model)
+    args.image_size = args.image_size or data.input_size
+    if args.mode == "input":
+        if args.image_size < 1:
+            raise BenchError(f"--image-size must be at least 1, got {args.image_size}")
+        return _measure_input(args, data, threads)
     import jax
 
     from inception_jax import compilation
 
-    data = registry.data_config(args.model)
-    args.image_size = args.image_size or data.input_size
     if args.image_size < data.min_input_size:
         raise BenchError(f"--image-size {args.image_size} is below {args.model}'s minimum {data.min_input_size}")
     devices = jax.local_devices()
@@ -337,7 +391,6 @@ def run(args) -> dict[str, Any]:
     if args.batch_size % len(devices):
         raise BenchError(f"--batch-size {args.batch_size} does not split over {len(devices)} devices; "
                          f"use a multiple of {len(devices)} or --devices")
-    threads = args.threads or len(os.sched_getaffinity(0))
     on_gpu = devices[0].platform == "gpu"
 
     # An empty persistent cache makes the first compile cold; the second then reads it back.
@@ -386,6 +439,7 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
         "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
         "dtype": args.dtype, "model_options": options,
         "device": f"{len(devices)} x {devices[0].device_kind}", "platform": devices[0].platform,
+        "xla_cpu_convolutions": args.xla_cpu_convolutions if devices[0].platform == "cpu" else None,
         "cpu": platform.processor() or platform.machine(), "threads": threads, "steps": args.steps,
         "img_per_s": median, "img_per_s_min": min(ours), "img_per_s_max": max(ours),
         "compile_s": compile_s, "compile_cached_s": cached_s, "compile_cache_hit": cache_hit,
@@ -407,11 +461,133 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
     return result
 
 
+# ------------------------------------------------------------------------------------------------
+# The input pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+def _input_config(args, data, data_dir):
+    """The trainer's config for this dataset: the variant's input defaults (as `validation` fills them),
+    the ImageNet recipe's augmentation. mean/std only satisfy the pipeline's check: batches stay uint8."""
+    from inception_jax.config_base import base_config
+
+    c = base_config()
+    c.model.name = args.model
+    c.batch_size = args.batch_size
+    c.dataset.name = args.dataset or "sample_photos"
+    c.dataset.data_dir = data_dir
+    c.dataset.train_split = c.dataset.eval_split = args.split  # dataset_info checks both; only train is read
+    for key in ("crop_pct", "mean", "std", "interpolation"):
+        c.input[key] = getattr(data, key)
+    c.input.image_size = args.image_size
+    c.input.train_augment = "inception_crop"
+    c.input.color_distortion = not args.no_color_distortion
+    return c
+
+
+def _dataset_info(config, args):
+    """`pipeline.dataset_info`, which reads only metadata: a missing dataset fails here, before any work."""
+    from inception_jax.data import pipeline
+
+    try:
+        return pipeline.dataset_info(config)
+    except pipeline.DatasetNotPreparedError as e:
+        build = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("tfds build")), "")
+        where = args.data_dir or "(TFDS's default)"
+        raise BenchError(f"--dataset {args.dataset} is not prepared in --data-dir {where}; prepare it once"
+                         f" with `{build}` (see inception_jax/data/pipeline.py), or drop --dataset "
+                         "and --data-dir to time the built-in sample_photos set") from None
+    except ValueError as e:  # an unknown name or split; the pipeline's message names the config fields
+        name = args.dataset or "sample_photos"
+        raise BenchError(f"--dataset {name} --split {args.split}: {str(e).splitlines()[0]}") from None
+
+
+def _mean_jpeg_bytes(config) -> float | None:
+    """Stored bytes per example of a JPEG split, from TFDS's metadata (the JPEG plus ~40 bytes of label
+    and framing); None for other encodings or when the split's size is not recorded."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir, try_gcs=False)
+    if getattr(builder.info.features["image"], "encoding_format", None) != "jpeg":
+        return None
+    try:
+        split = builder.info.splits[config.dataset.train_split]
+        return split.num_bytes / split.num_examples
+    except Exception:  # noqa: BLE001 -- an unusual split string: the figure is only informative
+        return None
+
+
+def _measure_input(args, data, threads: int) -> dict[str, Any]:
+    """Times `pipeline.make_train_iterator` as the trainer calls it with one process: all rows of the batch."""
+    defaults = _parser()
+    ignored = [f"--{n.replace('_', '-')}" for n in MODEL_STEP_OPTIONS if getattr(args, n) != defaults.get_default(n)]
+    if ignored:
+        print(f"note: --mode input ignores {', '.join(ignored)} (options of the model step)", file=sys.stderr)
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from inception_jax.data import pipeline, sample_photos
+
+    tfds.display_progress_bar(False)
+    with tempfile.TemporaryDirectory(prefix="inception_jax_bench_data_") as tmp:
+        if args.dataset:
+            config = _input_config(args, data, args.data_dir)
+        else:
+            with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its progress; stdout is for the result
+                sample_photos.ensure_prepared(tmp, num_train=args.sample_examples or sample_photos.NUM_TRAIN)
+            config = _input_config(args, data, tmp)
+        info = _dataset_info(config, args)
+        mean_bytes = _mean_jpeg_bytes(config)
+        batches = pipeline.make_train_iterator(config, global_batch_size=args.batch_size, rows=(0, args.batch_size))
+        step = lambda: next(batches)  # noqa: E731
+        for _ in range(args.warmup):  # tf.data's autotuning settles its parallelism and buffers
+            step()
+        cpu_start = sum(os.times()[:2])  # user + system seconds of all our threads
+        rates = [_time(step, args.batch_size) for _ in range(args.steps)]
+        cpu_s = sum(os.times()[:2]) - cpu_start
+        del batches  # stops tf.data's threads before their files go
+    return {
+        **dict.fromkeys(MODEL_STEP_FIELDS),
+        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
+        "dtype": "uint8", "platform": "cpu", "cpu": platform.processor() or platform.machine(), "threads": threads,
+        "steps": args.steps, "img_per_s": statistics.median(rates), "img_per_s_min": min(rates),
+        "img_per_s_max": max(rates), "dataset": info.name, "split": args.split,
+        "num_examples": info.num_train_examples, "mean_jpeg_bytes": mean_bytes,
+        # Images per CPU-second: the cores a rate needs, which a busy shared machine distorts less than img/s.
+        "img_per_cpu_s": args.steps * args.batch_size / cpu_s if cpu_s > 0 else None,
+        "color_distortion": config.input.color_distortion, "interpolation": config.input.interpolation,
+        "versions": {"tensorflow": tf.__version__, "tensorflow_datasets": tfds.__version__,
+                     "python": platform.python_version()},
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+# ------------------------------------------------------------------------------------------------
+
+
+def _input_label(r: dict[str, Any]) -> str:
+    """What an input row read and did, e.g. `sample_photos train, colour distortion`."""
+    distortion = "colour distortion" if r.get("color_distortion") else "no colour distortion"
+    return f"{r.get('dataset')} {r.get('split', 'train')}, {distortion}"
+
+
 def format_table(r: dict[str, Any]) -> str:
+    if r["mode"] == "input":
+        size = "" if r.get("mean_jpeg_bytes") is None else f", mean {r['mean_jpeg_bytes'] / 1e3:.0f} KB"
+        per_core = "-" if r.get("img_per_cpu_s") is None else f"{r['img_per_cpu_s']:.2f}"
+        return "\n".join([
+            f"{r['model']} input pipeline, batch {r['batch_size']}, {r['image_size']} px, uint8, {r['cpu']} "
+            f"({r['threads']} threads), median of {r['steps']} batches",
+            f"  pipeline:  {r['img_per_s']:.2f} img/s (min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
+            f"{_input_label(r)}, {r['interpolation']} resize; {r['num_examples']} images{size}",
+            f"  per core:  {per_core} img per CPU-second (all threads' user + system time)",
+        ])
     mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f} MiB"
     lines = [
         f"{r['model']} {r['mode']}, batch {r['batch_size']}, {r['image_size']} px, {r['dtype']}, "
-        f"{r['device']} ({r['threads']} threads), median of {r['steps']} steps",
+        f"{r['device']} ({r['threads']} threads), median of {r['steps']} steps"
+        + (f", XLA CPU convolutions: {r['xla_cpu_convolutions']}" if r.get("xla_cpu_convolutions") else ""),
         f"  ours:      {r['img_per_s']:.2f} img/s (min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
         f"compile {r['compile_s']:.1f} s cold, {r['compile_cached_s']:.1f} s from the cache; "
         f"peak memory {mib(r['peak_mem_bytes'])} (XLA's temporaries {mib(r.get('xla_temp_bytes'))})",
@@ -428,21 +604,25 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
-    """One row per result: ours and the reference side by side."""
+    """One row per result: ours and the reference side by side; an input row has only its images/s."""
     num = lambda v, fmt: "-" if v is None else format(v, fmt)
     rows = ["| model | mode | batch | size | dtype | ours img/s (min-max) | reference | ref img/s (min-max) | "
             "ours / ref | compile s (cold / cached) | peak memory MiB | GFLOP/s (utilisation) |",
             "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in results:
         ref = r.get("reference")
+        detail = f" ({_input_label(r)})" if r["mode"] == "input" else ""
+        achieved, utilisation = r.get("achieved_tflop_per_s"), r.get("utilisation")
         rows.append(
-            f"| {r['model']}{' ' + str(r['model_options']) if r.get('model_options') else ''} | {r['mode']} | "
+            f"| {r['model']}{' ' + str(r['model_options']) if r.get('model_options') else ''}{detail} | "
+            f"{r['mode']} | "
             f"{r['batch_size']} | {r['image_size']} | {r['dtype']} | "
             f"{r['img_per_s']:.2f} ({r['img_per_s_min']:.2f}-{r['img_per_s_max']:.2f}) | {ref or '-'} | "
             + (f"{r['ref_img_per_s']:.2f} ({r['ref_img_per_s_min']:.2f}-{r['ref_img_per_s_max']:.2f})" if ref else "-")
-            + f" | {num(r.get('ratio'), '.2f')} | {r['compile_s']:.1f} / {r['compile_cached_s']:.1f} | "
-            f"{num(r['peak_mem_bytes'] and r['peak_mem_bytes'] / 2**20, ',.0f')} | "
-            f"{r['achieved_tflop_per_s'] * 1e3:.1f} ({100 * r['utilisation']:.0f}%) |")
+            + f" | {num(r.get('ratio'), '.2f')} | "
+            + (f"{r['compile_s']:.1f} / {r['compile_cached_s']:.1f}" if r.get("compile_s") is not None else "-")
+            + f" | {num(r.get('peak_mem_bytes') and r['peak_mem_bytes'] / 2**20, ',.0f')} | "
+            + (f"{achieved * 1e3:.1f} ({100 * utilisation:.0f}%)" if achieved is not None else "-") + " |")
     return "\n".join(rows)
 
 

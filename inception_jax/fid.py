@@ -54,6 +54,7 @@ import scipy.linalg
 from PIL import Image
 from tqdm import tqdm
 
+from inception_jax import compilation
 from inception_jax.convert import WeightMismatchError, from_torch, load_variables
 from inception_jax.models import profile, registry
 
@@ -139,7 +140,6 @@ def to_network_input(images, size: int = INPUT_SIZE):
     return 2.0 * x - 1.0
 
 
-@functools.partial(jax.jit, static_argnames=("model", "precision"))
 def _network(model, variables, x, precision):
     with jax.default_matmul_precision(precision):
         logits, out = model.apply(variables, x, train=False)
@@ -157,10 +157,12 @@ class FeatureExtractor:
             raise FIDInputError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.batch_size, self.precision = model, int(batch_size), precision
         self.variables = jax.device_put(dict(variables))  # once, not with every batch
+        self._jitted = jax.jit(_network, static_argnames=("model", "precision"),
+                               compiler_options=compilation.compiler_options(jax.devices()))
 
     def network(self, x):
         """`(logits, pool3)` of a batch already at 299 in [-1, 1]; any batch size (each compiles once)."""
-        return _network(self.model, self.variables, jnp.asarray(x, jnp.float32), self.precision)
+        return self._jitted(self.model, self.variables, jnp.asarray(x, jnp.float32), self.precision)
 
     def _dispatch(self, images: np.ndarray, batch: int):
         """Starts one batch of same-sized images, zero-padded to `batch`; returns its features' device array."""

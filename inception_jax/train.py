@@ -238,12 +238,14 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
     else:
         step_fn = global_step
     replicated = parallel.replicated(mesh)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated))
+    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated),
+                   compiler_options=compilation.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
 
 
-def make_eval_step(model, mesh, mean=None, std=None):
+def make_eval_step(model, mesh, mean=None, std=None, *, cpu_convolutions: str = "eigen"):
     """`eval_step(params, batch_stats, batch) -> sums`: exact counts over the unmasked examples. uint8
-    images are normalised with `mean`/`std` (config.input's) on the device."""
+    images are normalised with `mean`/`std` (config.input's) on the device; `cpu_convolutions` is
+    config.xla_cpu_convolutions (inception_jax/compilation.py)."""
 
     def eval_step(params, batch_stats, batch):
         images = normalise_images(batch["image"], mean, std)
@@ -259,7 +261,8 @@ def make_eval_step(model, mesh, mean=None, std=None):
             "count": jnp.sum(mask.astype(jnp.int32)),
         }
 
-    return jax.jit(eval_step, out_shardings=parallel.replicated(mesh))
+    return jax.jit(eval_step, out_shardings=parallel.replicated(mesh),
+                   compiler_options=compilation.compiler_options(mesh, cpu_convolutions))
 
 
 def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
@@ -395,7 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return spec
 
     eval_step = compilation.compile_step(
-        "eval step", make_eval_step(model, mesh, config.input.mean, config.input.std), state.params, state.batch_stats,
+        "eval step", make_eval_step(model, mesh, config.input.mean, config.input.std,
+                                     cpu_convolutions=config.xla_cpu_convolutions), state.params, state.batch_stats,
         batch_spec(config.eval_batch_size, True), announce=announce)
     eval_batches = functools.partial(pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size,
                                      rows=eval_rows)

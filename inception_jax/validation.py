@@ -27,6 +27,7 @@ _CHOICES = {
     "input.train_augment": ("inception_crop", "resize_flip", "none"),
     "bn_statistics": ("global", "per_device"),
     "on_nonfinite": ("stop", "skip"),
+    "xla_cpu_convolutions": ("eigen", "ynnpack"),
 }
 
 

@@ -3,6 +3,9 @@
 # row appended to OUT (default benchmarks/cpu.jsonl), then the markdown table BENCHMARKS.md shows.
 # Extra arguments go to every `python -m inception_jax.bench` call, e.g.
 #   scripts/benchmarks.sh benchmarks/gpu.jsonl --batch-size 256 --dtype bfloat16 --ref-compile --ref-channels-last
+# Then one row for the training input pipeline on this host's CPUs (inception_v3's, 299 px, batch 32, the
+# built-in sample_photos JPEGs): it gets the same extra arguments, and ignores those of the model step
+# (--dtype, --ref-compile, ...; a note says so) and keeps batch 32 whatever --batch-size they give.
 # Run it from a set-up checkout (scripts/setup_venv.sh "[test]": the references need timm and torchvision).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +22,7 @@ for model in googlenet bn_inception inception_v2 inception_v3 inception_v4 incep
     "$python" -m inception_jax.bench --model "$model" --mode "$mode" "${compare[@]}" --json "$@" | tail -n 1 >> "$out"
   done
 done
+echo "== inception_v3 input" >&2
+"$python" -m inception_jax.bench --model inception_v3 --mode input --steps 20 "$@" --batch-size 32 --json \
+  | tail -n 1 >> "$out"
 "$python" -m inception_jax.bench --table "$out"

@@ -12,6 +12,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "inception_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# Importing torchvision or timm after TensorFlow segfaults (triton's native module, imported by
+# torch._dynamo, crashes once TensorFlow is loaded; TF 2.21, torch 2.14); the other order is fine.
+# Collection order alone used to decide it, so `pytest tests/test_data.py tests/test_bench.py` crashed.
+try:
+    import torchvision  # noqa: F401
+except ImportError:  # the references are a test extra; without them their tests skip
+    pass
+
 
 def pytest_collection_modifyitems(config, items):
     """Long end-to-end tests (`@pytest.mark.slow`) first. xdist's `worksteal` mode (scripts/test.sh)
