@@ -35,19 +35,19 @@ _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 CPU_CONVOLUTIONS = ("eigen", "ynnpack")
 # The option lists the kinds of subgraph YNNPACK may take; empty: none. (Letting it keep elementwise
 # ops and reductions is no faster, and its fusions of those then pull neighbouring convolutions in.)
-_NO_YNNPACK_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+_NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
 @functools.cache
 def _cpu_option_supported() -> bool:
     """Whether this jaxlib knows the option (it is experimental: a later XLA may rename or drop it)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_NO_YNNPACK_CONVOLUTIONS).lower(
+        jax.jit(lambda x: x + 1, compiler_options=_NO_YNNPACK).lower(
             jax.ShapeDtypeStruct((), np.float32)).compile()
         return True
     except Exception as e:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
         log.warning("XLA does not take %s (%s); CPU convolutions stay with XLA's default library",
-                    next(iter(_NO_YNNPACK_CONVOLUTIONS)), str(e).splitlines()[0])
+                    next(iter(_NO_YNNPACK)), str(e).splitlines()[0])
         return False
 
 
@@ -60,7 +60,7 @@ def compiler_options(devices, convolutions: str = "eigen") -> dict[str, str] | N
     first = next(iter(np.ravel(getattr(devices, "devices", devices))))
     if first.platform != "cpu" or convolutions == "ynnpack" or not _cpu_option_supported():
         return None
-    return dict(_NO_YNNPACK_CONVOLUTIONS)
+    return dict(_NO_YNNPACK)
 
 
 def configure_cache(enabled: bool, directory: str | None = None) -> str | None:
