@@ -166,9 +166,9 @@ def check_args(args, registry) -> dict[str, Any]:
         if args.sample_examples is not None and (args.dataset or args.sample_examples < 1):
             raise BenchError("--sample-examples takes a positive count, for the built-in set only")
     else:
-        misplaced = [name for name in INPUT_OPTIONS if getattr(args, name) != _parser().get_default(name)]
+        misplaced = _options_given(args, INPUT_OPTIONS)
         if misplaced:
-            raise BenchError(f"--{misplaced[0].replace('_', '-')} applies to --mode input only")
+            raise BenchError(f"{misplaced[0]} applies to --mode input only")
     if args.compare and args.model not in REFERENCES[args.compare]:
         have = ", ".join(f"{lib}: {', '.join(sorted(m))}" for lib, m in REFERENCES.items())
         raise BenchError(f"--compare {args.compare} has no reference for {args.model!r} (references: {have}); "
@@ -517,10 +517,15 @@ def _mean_jpeg_bytes(config) -> float | None:
         return None
 
 
+def _options_given(args, names) -> list[str]:
+    """The flags among `names` (argparse dests) that differ from their defaults, as `--flag-name`s."""
+    defaults = _parser()
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) != defaults.get_default(n)]
+
+
 def _measure_input(args, data, threads: int) -> dict[str, Any]:
     """Times `pipeline.make_train_iterator` as the trainer calls it with one process: all rows of the batch."""
-    defaults = _parser()
-    ignored = [f"--{n.replace('_', '-')}" for n in MODEL_STEP_OPTIONS if getattr(args, n) != defaults.get_default(n)]
+    ignored = _options_given(args, MODEL_STEP_OPTIONS)
     if ignored:
         print(f"note: --mode input ignores {', '.join(ignored)} (options of the model step)", file=sys.stderr)
     import tensorflow as tf
