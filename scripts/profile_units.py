@@ -1,0 +1,133 @@
+"""Where a train step's time goes, unit by unit: every conv-BN-ReLU unit of a variant, forward + backward
+in train mode, ours (jitted, the trainer's compiler options) beside the same layer in PyTorch (NCHW,
+`Conv2d` + `BatchNorm2d` + ReLU), each also timed as the convolution alone. XLA's profiler does not
+attribute a CPU step's time reliably (the convolutions' worker threads are missing from its trace), so
+this times the units one at a time instead; BENCHMARKS.md quotes its output.
+
+    .venv/bin/python scripts/profile_units.py --model inception_v3 [--batch-size 8] [--image-size 299]
+
+Prints one row per distinct unit (input shape, width, kernel, stride, how many the network has) in
+milliseconds, medians of --repeats, and the totals weighted by the counts. Needs the test extra (torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+
+
+def _median_ms(fn, repeats):
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _units(model, batch, size):
+    """{(input shape, ConvBN fields): count} for the train-mode forward pass."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from inception_jax.models import layers
+
+    found = collections.Counter()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, layers.ConvBN) and context.method_name == "__call__":
+            m = context.module
+            fields = (m.features, layers.pair(m.kernel_size), layers.pair(m.strides), m.padding, m.use_bn)
+            found[(tuple(args[0].shape), fields)] += 1
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((batch, size, size, 3)), train=True))
+    return found
+
+
+def _time_ours(shape, fields, options, repeats):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from inception_jax.models import layers
+
+    features, kernel, strides, padding, use_bn = fields
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+    result = []
+    for unit in (layers.ConvBN(features, kernel, strides, padding, use_bn=use_bn),
+                 layers.ConvBN(features, kernel, strides, padding, use_bn=False, act=False)):
+        variables = unit.init(jax.random.key(0), x, train=True)
+        out = jax.eval_shape(lambda v: unit.apply(v, x, train=True, mutable=["batch_stats"])[0], variables)
+        cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
+
+        def loss(params, x, unit=unit, variables=variables, cotangent=cotangent):
+            y, _ = unit.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+            return jnp.vdot(y, cotangent)
+
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=options)
+        result.append(_median_ms(lambda: jax.block_until_ready(step(variables["params"], x)), repeats))
+    return result
+
+
+def _time_torch(shape, fields, repeats):
+    import torch
+
+    features, kernel, strides, padding, use_bn = fields
+    if isinstance(padding, str):
+        raise SystemExit(f"profile_units: a unit pads with {padding!r}; use the PyTorch padding convention")
+    n, h, w, c = shape
+    conv = torch.nn.Conv2d(c, features, kernel, strides, padding, bias=not use_bn)
+    norm = torch.nn.BatchNorm2d(features, eps=1e-3) if use_bn else torch.nn.Identity()
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    cotangent = torch.randn_like(conv(x))
+    whole = lambda: torch.relu(norm(conv(x))).backward(cotangent)
+    conv_only = lambda: conv(x).backward(cotangent)
+    return _median_ms(whole, repeats), _median_ms(conv_only, repeats)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="inception_v3")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the variant's input size")
+    parser.add_argument("--threads", type=int, default=2, help="PyTorch's thread count (XLA uses every core)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    import torch  # before TensorFlow could be imported (README: "When things go wrong")
+
+    import jax
+
+    from inception_jax import compilation
+    from inception_jax.models import registry
+
+    torch.set_num_threads(args.threads)
+    size = args.image_size or registry.data_config(args.model).input_size
+    model = registry.create_model(args.model, num_classes=1000)
+    options = compilation.compiler_options(jax.devices())
+    totals = collections.Counter()
+    print(f"{args.model}, batch {args.batch_size}, {size} px: forward + backward ms per unit "
+          "(ours: unit / conv alone; PyTorch: unit / conv alone)")
+    units = _units(model, args.batch_size, size)
+    for (shape, fields), count in sorted(units.items(), key=lambda kv: -kv[0][0][1] * kv[0][0][2] * kv[0][0][3]):
+        ours, ours_conv = _time_ours(shape, fields, options, args.repeats)
+        ref, ref_conv = _time_torch(shape, fields, args.repeats)
+        for key, value in (("ours", ours), ("ours_conv", ours_conv), ("ref", ref), ("ref_conv", ref_conv)):
+            totals[key] += value * count
+        features, kernel, strides, _, _ = fields
+        print(f"{str(shape):20s} -> {features:4d} {kernel[0]}x{kernel[1]}/{strides[0]} x{count:<3d} "
+              f"ours {ours:7.1f} / {ours_conv:7.1f}   PyTorch {ref:7.1f} / {ref_conv:7.1f}   "
+              f"PyTorch/ours {ref / ours:.2f}", flush=True)
+    print(f"total (x count): ours {totals['ours']:.0f} ms, of which convolutions {totals['ours_conv']:.0f}; "
+          f"PyTorch {totals['ref']:.0f} ms, of which convolutions {totals['ref_conv']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
