@@ -170,6 +170,17 @@ def test_batchnorm_in_bfloat16_keeps_float32_statistics():
     _close(updated, updated_ref)
 
 
+@pytest.mark.parametrize("use_scale", [True, False])
+def test_batchnorm_gradients_take_the_parameters_dtypes(use_scale):
+    """bf16 parameters (Keras weights have no `scale`) get bf16 gradients, as autodiff would give them."""
+    x = _bn_inputs()[0]
+    module = layers.BatchNorm(use_scale=use_scale, param_dtype=jnp.bfloat16)
+    variables = module.init(jax.random.key(0), x, use_running_average=False)
+    grads = jax.grad(lambda p: jnp.sum(_apply_bn(module, p, variables["batch_stats"], x, True)[0]))(
+        variables["params"])
+    assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, variables["params"])
+
+
 def test_channel_sum_is_a_matrix_vector_product_on_a_cpu_as_accurate_as_xlas_reduce():
     """A wide map with a large mean: one product over all N*H*W rows would be 4e-6 off (measured),
     enough to move train-mode logits 5x further from timm's at batch 2; ours is about 1e-7 off."""

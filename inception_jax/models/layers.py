@@ -114,12 +114,12 @@ def _batch_norm_train_fwd(x, scale, bias, epsilon):
     var = channel_sum(jnp.square(xf - mean)) / count
     inv = jax.lax.rsqrt(var + epsilon)
     y = (xf - mean) * (inv * scale) + bias
-    return (y, mean, var), (x, mean, inv, scale)
+    return (y, mean, var), (x, mean, inv, scale, bias)
 
 
 def _batch_norm_train_bwd(epsilon, residuals, cotangents):
     del epsilon
-    x, mean, inv, scale = residuals
+    x, mean, inv, scale, bias = residuals
     dy, dmean, dvar = (c.astype(mean.dtype) for c in cotangents)
     count = math.prod(x.shape[:-1])
     centred = x.astype(mean.dtype) - mean
@@ -129,7 +129,7 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
     dx = (scale * inv) * (dy - (dbias + normed * dscale) / count)
     # the statistics are outputs too (for the running averages); their cotangents are usually zero
     dx = dx + (dmean + 2.0 * dvar * centred) / count
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
 
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
