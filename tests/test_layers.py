@@ -95,6 +95,7 @@ def _apply_bn(module, params, stats, x, train):
 
 
 def _close(ours, ref, rel=1e-5):
+    assert jax.tree.structure(ours) == jax.tree.structure(ref)
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         scale = float(jnp.abs(b).max())
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=0, atol=rel * scale)
