@@ -42,7 +42,8 @@ def _units(model, batch, size):
     def record(next_fun, args, kwargs, context):
         if isinstance(context.module, layers.ConvBN) and context.method_name == "__call__":
             m = context.module
-            fields = (m.features, layers.pair(m.kernel_size), layers.pair(m.strides), m.padding, m.use_bn)
+            fields = (m.features, layers.pair(m.kernel_size), layers.pair(m.strides), m.padding, m.padding_mode,
+                      m.use_bn)
             found[(tuple(args[0].shape), fields)] += 1
         return next_fun(*args, **kwargs)
 
@@ -58,11 +59,11 @@ def _time_ours(shape, fields, options, repeats):
 
     from inception_jax.models import layers
 
-    features, kernel, strides, padding, use_bn = fields
+    features, kernel, strides, padding, padding_mode, use_bn = fields
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
     result = []
-    for unit in (layers.ConvBN(features, kernel, strides, padding, use_bn=use_bn),
-                 layers.ConvBN(features, kernel, strides, padding, use_bn=False, act=False)):
+    for unit in (layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=use_bn),
+                 layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=False, act=False)):
         variables = unit.init(jax.random.key(0), x, train=True)
         out = jax.eval_shape(lambda v: unit.apply(v, x, train=True, mutable=["batch_stats"])[0], variables)
         cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
@@ -79,9 +80,10 @@ def _time_ours(shape, fields, options, repeats):
 def _time_torch(shape, fields, repeats):
     import torch
 
-    features, kernel, strides, padding, use_bn = fields
-    if isinstance(padding, str):
-        raise SystemExit(f"profile_units: a unit pads with {padding!r}; use the PyTorch padding convention")
+    features, kernel, strides, padding, padding_mode, use_bn = fields
+    if isinstance(padding, str) or padding_mode != "torch":
+        raise SystemExit(f"profile_units: a unit pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
+                         "which PyTorch's Conv2d cannot mirror; profile the variant with padding_mode='torch'")
     n, h, w, c = shape
     conv = torch.nn.Conv2d(c, features, kernel, strides, padding, bias=not use_bn)
     norm = torch.nn.BatchNorm2d(features, eps=1e-3) if use_bn else torch.nn.Identity()
@@ -121,7 +123,7 @@ def main(argv=None):
         ref, ref_conv = _time_torch(shape, fields, args.repeats)
         for key, value in (("ours", ours), ("ours_conv", ours_conv), ("ref", ref), ("ref_conv", ref_conv)):
             totals[key] += value * count
-        features, kernel, strides, _, _ = fields
+        features, kernel, strides = fields[:3]
         print(f"{str(shape):20s} -> {features:4d} {kernel[0]}x{kernel[1]}/{strides[0]} x{count:<3d} "
               f"ours {ours:7.1f} / {ours_conv:7.1f}   PyTorch {ref:7.1f} / {ref_conv:7.1f}   "
               f"PyTorch/ours {ref / ours:.2f}", flush=True)
