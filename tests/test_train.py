@@ -19,7 +19,7 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import losses, metrics as metrics_lib, parallel, train, validation  # noqa: E402
+from inception_jax import finetune, losses, metrics as metrics_lib, parallel, train, validation  # noqa: E402
 from inception_jax.config_base import base_config  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -319,6 +319,41 @@ def test_gradient_accumulation_equals_one_big_batch(mode):
     for key in ("train/loss", "train/grad_norm", "train/top1"):
         np.testing.assert_allclose(m_whole[key], m_acc[key], rtol=1e-5)
     assert int(accumulated.step) == 2  # one update per step, whatever the number of micro-batches
+
+
+def test_global_norm_equals_optax_in_each_precision():
+    import optax
+
+    rng = np.random.default_rng(3)
+    tree = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": [rng.normal(size=7).astype(np.float32)],
+            "c": np.float32(-2.5)}
+    np.testing.assert_allclose(train.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
+    half = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tree)
+    assert train.global_norm(half).dtype == jnp.float32  # bf16 leaves are summed in float32
+    np.testing.assert_allclose(train.global_norm(half), optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), half)),
+                               rtol=1e-6)
+    assert float(train.global_norm({})) == 0.0
+
+
+def test_logged_norms_are_the_gradients_and_the_updated_parameters():
+    """`train/param_norm` is the norm after the step's update; `train/grad_norm` that of the gradient the
+    update used (before clipping), here recomputed by hand from the same batch and parameters."""
+    from inception_jax import optim
+
+    rng = np.random.default_rng(4)
+    batch = {"image": rng.normal(size=(8, 6, 6, 3)).astype(np.float32), "label": rng.integers(0, 3, 8).astype(np.int32)}
+    config = _optimizer_config("global")
+    tx, _ = optim.make_optimizer(config, 100, 100)
+    before = train.init_state(_NoBN(), tx, config, 6, jax.random.key(0))
+    after, metrics = _steps(_NoBN(), config, [batch], 6, 3, n_steps=1)
+    squares = lambda tree: sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))
+    np.testing.assert_allclose(metrics["train/param_norm"], np.sqrt(squares(after.params)), rtol=1e-6)
+    assert not np.isclose(metrics["train/param_norm"], np.sqrt(squares(before.params)), rtol=1e-6)
+
+    def loss(params):
+        return train._forward_loss(_NoBN(), config, 3, finetune.Plan(), params, {}, batch, jax.random.key(1))[0]
+
+    np.testing.assert_allclose(metrics["train/grad_norm"], np.sqrt(squares(jax.grad(loss)(before.params))), rtol=1e-5)
 
 
 def test_gradient_accumulation_normalises_each_micro_batch_by_its_own_statistics():

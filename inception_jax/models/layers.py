@@ -60,8 +60,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     unpadded = isinstance(padding, str) or all(lo == 0 and hi == 0 for lo, hi in padding)
     if (rhs.shape[:-2] == (1,) * (rhs.ndim - 2) and all(s == 1 for s in window_strides) and unpadded
             and trivial(lhs_dilation) and trivial(rhs_dilation) and feature_group_count == 1):
+        # As a 2-D product of (N*H*W, C_in) rows: XLA's CPU backend then computes the kernel's gradient
+        # as one transposed-operand matrix product, where a 4-D `dot_general` had it copy the output's
+        # gradient into a (C, N*H*W) layout first (and recompute the producer's fusion to do so).
         kernel = rhs.reshape(rhs.shape[-2:])
-        return jax.lax.dot_general(lhs, kernel, (((lhs.ndim - 1,), (0,)), ((), ())), precision=precision)
+        rows = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), kernel, (((1,), (0,)), ((), ())),
+                                   precision=precision)
+        return rows.reshape(*lhs.shape[:-1], kernel.shape[-1])
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision)
@@ -73,7 +78,10 @@ def channel_sum(x):
     On a CPU this is a matrix-vector product with a vector of ones: XLA's CPU backend is slow at
     reductions that keep the minor (channel) axis, about 8x slower than Eigen's matrix-vector product
     (8x73x73x80: 2.5 vs 0.33 ms; BENCHMARKS.md). Other platforms get XLA's reduce, which they fuse well.
-    `lax.platform_dependent` picks the branch when the program is lowered, so XLA sees only one.
+    The branch is chosen when the program is traced, by JAX's default backend: both compute the same sum
+    (to float rounding) on any platform, so a program traced for one and run on another is only slower.
+    (`lax.platform_dependent`, which decides at lowering, traces both branches and a conditional for
+    every call: 376 of them cost 0.4-0.5 s of each Inception-v3 train step's trace.)
     """
     lead = tuple(range(x.ndim - 1))
     acc = _at_least_float32(x.dtype)
@@ -87,7 +95,7 @@ def channel_sum(x):
         partial = jax.lax.dot_general(ones, rows, (((0,), (0,)), ((), ())), preferred_element_type=acc)
         return jnp.sum(partial.reshape(-1, v.shape[-1]), 0)
 
-    return jax.lax.platform_dependent(x, cpu=as_dot, default=lambda v: jnp.sum(v, lead, dtype=acc))
+    return as_dot(x) if jax.default_backend() == "cpu" else jnp.sum(x, lead, dtype=acc)
 
 
 def _at_least_float32(dtype):
