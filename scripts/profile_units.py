@@ -68,12 +68,18 @@ def _time_ours(shape, fields, options, repeats):
         out = jax.eval_shape(lambda v: unit.apply(v, x, train=True, mutable=["batch_stats"])[0], variables)
         cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
 
-        def loss(params, x, unit=unit, variables=variables, cotangent=cotangent):
-            y, _ = unit.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-            return jnp.vdot(y, cotangent)
+        def forward(params, x, unit=unit, variables=variables):
+            return unit.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])[0]
 
-        step = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=options)
-        result.append(_median_ms(lambda: jax.block_until_ready(step(variables["params"], x)), repeats))
+        def forward_backward(params, x, cotangent, forward=forward):
+            # the output and both gradients, as PyTorch's `y = f(x); y.backward(cotangent)` computes: the
+            # gradient of `vdot(f(x), cotangent)` alone would let XLA drop a linear layer's forward pass
+            y, vjp = jax.vjp(forward, params, x)
+            return y, vjp(cotangent)
+
+        # the cotangent is an argument: a constant would let XLA fold the sums over it into the program
+        step = jax.jit(forward_backward, compiler_options=options)
+        result.append(_median_ms(lambda: jax.block_until_ready(step(variables["params"], x, cotangent)), repeats))
     return result
 
 
