@@ -132,23 +132,6 @@ def _forward_loss(model, config, num_classes, plan, params, batch_stats, batch, 
     return loss, (new_stats, parts, top1)
 
 
-def global_norm(tree) -> jax.Array:
-    """The Euclidean norm of all leaves together (what `optax.tree.norm` computes), in at least float32,
-    as one sum over their concatenation.
-
-    optax squares each leaf and reduces it, which XLA's CPU backend compiles into three kernels per
-    leaf (the square, a tree-shaped partial sum, the final sum): for the gradient and parameter norms of
-    Inception-v3's 284 parameter arrays, 1,600 of its train step's 4,150 generated kernels and about a
-    fifth of its compile time (BENCHMARKS.md). Concatenated, each norm is a few kernels.
-    """
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    acc = functools.reduce(jnp.promote_types, [x.dtype for x in leaves], jnp.float32)
-    flat = jnp.concatenate([x.ravel().astype(acc) for x in leaves])
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
-
-
 def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss):
     """One optimizer update: `(new state, whether the step was finite, the gradient's norm)`.
     `state.step` counts the updates applied, which is also the count optax's schedule sees, so
@@ -159,7 +142,7 @@ def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss):
     if config.ema_decay:
         ema = optim.ema_update(state.ema_params, params, config.ema_decay, state.step)
         ema_bs = optim.ema_update(state.ema_batch_stats, new_batch_stats, config.ema_decay, state.step)
-    grad_norm = global_norm(grads)
+    grad_norm = optim.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
                         ema_params=ema, ema_batch_stats=ema_bs)
@@ -230,7 +213,7 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
             "train/grad_norm": grad_norm,
             # the parameters this step returns: the old ones' buffers are donated to them, and reading
             # those after the update makes XLA keep copies
-            "train/param_norm": global_norm(new_state.params),
+            "train/param_norm": optim.global_norm(new_state.params),
             "finite": finite,
         }
         m.update({f"train/loss_{k}": v for k, v in parts.items()})

@@ -321,20 +321,6 @@ def test_gradient_accumulation_equals_one_big_batch(mode):
     assert int(accumulated.step) == 2  # one update per step, whatever the number of micro-batches
 
 
-def test_global_norm_equals_optax_in_each_precision():
-    import optax
-
-    rng = np.random.default_rng(3)
-    tree = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": [rng.normal(size=7).astype(np.float32)],
-            "c": np.float32(-2.5)}
-    np.testing.assert_allclose(train.global_norm(tree), optax.tree.norm(tree), rtol=1e-6)
-    half = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tree)
-    assert train.global_norm(half).dtype == jnp.float32  # bf16 leaves are summed in float32
-    np.testing.assert_allclose(train.global_norm(half), optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), half)),
-                               rtol=1e-6)
-    assert float(train.global_norm({})) == 0.0
-
-
 def test_logged_norms_are_the_gradients_and_the_updated_parameters():
     """`train/param_norm` is the norm after the step's update; `train/grad_norm` that of the gradient the
     update used (before clipping), here recomputed by hand from the same batch and parameters."""
