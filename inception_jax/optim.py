@@ -177,8 +177,9 @@ def global_norm(tree) -> jax.Array:
     optax squares each leaf and reduces it, which XLA's CPU backend compiles into three kernels per
     leaf (the square, a tree-shaped partial sum, the final sum): for the gradient and parameter norms of
     Inception-v3's 284 parameter arrays, 1,600 of the 4,150 generated kernels of its train step as
-    benchmarked (RMSProp, no clipping) and about a fifth of its compile time (BENCHMARKS.md). Concatenated, each norm is a few kernels. Used for the
-    logged norms and the non-finite check (`inception_jax.train`) and for `clip_by_global_norm`.
+    benchmarked (RMSProp, no clipping) and about a fifth of its compile time (BENCHMARKS.md).
+    Concatenated, each norm is a few kernels. Used for the logged norms and the non-finite check
+    (`inception_jax.train`) and for `clip_by_global_norm`.
     """
     leaves = jax.tree.leaves(tree)
     if not leaves:
