@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reference_models import assert_logits_close, calibrate_batchnorm, nchw, torch, torch_state_dict
+from reference_models import (assert_float32_as_exact_as_reference, assert_logits_close, calibrate_batchnorm, nchw,
+                              torch, torch_state_dict)
 
 from inception_jax.convert import from_torch
 from inception_jax.models import profile, registry
@@ -104,9 +105,7 @@ def test_float32_logits_are_as_close_to_exact_as_timms(timm_v4, timm_v4_64, vari
         exact = timm_v4_64(nchw(x)).numpy()
         timm32 = timm_v4(nchw(x.astype(np.float32))).numpy()
     ours = np.asarray(jitted_apply()(variables, x.astype(np.float32)))
-    timm_err = np.abs(timm32 - exact).max()
-    ours_err = np.abs(ours - exact).max()
-    assert ours_err <= max(4 * timm_err, 1e-4 * np.abs(exact).max()), (ours_err, timm_err)
+    assert_float32_as_exact_as_reference(ours, timm32, exact)
 
 
 def test_padding_mode_tf_is_the_same_network(variables):
