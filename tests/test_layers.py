@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,3 +207,56 @@ def test_batchnorm_refuses_what_it_does_not_implement():
     x = _bn_inputs()[0]
     with pytest.raises(NotImplementedError, match="flax.linen.BatchNorm"):
         layers.BatchNorm(axis_name="batch").init(jax.random.key(0), x, use_running_average=False)
+
+
+# Parameters read without tracing their initializers (layers.ShapeCheckedParams).
+
+def _counting(init):
+    calls = []
+
+    def counted(key, shape, dtype=jnp.float32):
+        calls.append(tuple(shape))
+        return init(key, shape, dtype)
+
+    return counted, calls
+
+
+@pytest.mark.parametrize("kind", ["conv", "dense", "batchnorm"])
+def test_apply_reads_parameters_without_running_their_initializers(kind):
+    """Flax's own `param` traces the initializer on every apply (to check the shape); ours does not, and
+    the module keeps Flax's variables and output."""
+    import flax.linen as nn
+
+    init, calls = _counting(nn.initializers.lecun_normal() if kind != "batchnorm" else nn.initializers.ones)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 6))
+    ours, flax_module = {
+        "conv": (layers.Conv(4, (3, 3), kernel_init=init), nn.Conv(4, (3, 3), kernel_init=init)),
+        "dense": (layers.Dense(4, kernel_init=init), nn.Dense(4, kernel_init=init)),
+        "batchnorm": (layers.BatchNorm(use_running_average=True, scale_init=init),
+                      nn.BatchNorm(use_running_average=True, scale_init=init)),
+    }[kind]
+    variables = ours.init(jax.random.key(1), x)
+    assert len(calls) == 1
+    flax_variables = flax_module.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, flax_variables)
+    calls.clear()
+    y = ours.apply(variables, x)
+    assert calls == [], "our module ran its initializer in apply"
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(flax_module.apply(variables, x)))
+    assert len(calls) == 1  # Flax's module does: what this saves
+
+
+@pytest.mark.parametrize("path", [("conv", "kernel"), ("bn", "scale"), ("bn", "bias")])
+def test_parameter_of_the_wrong_shape_gets_flaxs_error(path):
+    import flax.errors
+
+    x = jnp.ones((2, 5, 5, 3))
+    unit = layers.ConvBN(8, 3)
+    variables = unit.init(jax.random.key(0), x)
+    module, name = path
+    wrong = variables["params"][module][name][..., :5]
+    variables["params"][module][name] = wrong
+    expected = "(3, 3, 3, 8)" if name == "kernel" else "(8,)"
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=rf'"{name}" in "/{module}".*{re.escape(expected)}.*'
+                                                              rf"{re.escape(str(wrong.shape))}"):
+        unit.apply(variables, x)

@@ -162,7 +162,7 @@ class SeparableConvBN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         channels = x.shape[-1]
-        x = nn.Conv(
+        x = layers.Conv(
             channels * self.depth_multiplier,
             (self.kernel_size, self.kernel_size),
             strides=self.strides,

@@ -77,9 +77,8 @@ def residual(module: nn.Module, x, branches: Sequence, scale: float, relu: bool 
     timm); it is created in the calling block's scope, as timm's `Block35.conv2d`.
     """
     mixed = layers.concat(branches)
-    up = nn.Conv(x.shape[-1], (1, 1), use_bias=True, kernel_init=layers.conv_init, dtype=module.dtype,
-                 param_dtype=module.param_dtype, conv_general_dilated=layers.conv_general_dilated,
-                 name="conv2d")(mixed)
+    up = layers.Conv(x.shape[-1], (1, 1), use_bias=True, kernel_init=layers.conv_init, dtype=module.dtype,
+                     param_dtype=module.param_dtype, name="conv2d")(mixed)
     x = up * scale + x
     return nn.relu(x) if relu else x
 

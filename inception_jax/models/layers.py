@@ -18,9 +18,12 @@ import math
 import numbers
 from typing import Any, Callable, Literal, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
 
 Dtype = Any
 PaddingMode = Literal["torch", "tf"]
@@ -143,7 +146,40 @@ def _batch_norm_train_bwd(epsilon, residuals, cotangents):
 batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
-class BatchNorm(nn.BatchNorm):
+class ShapeCheckedParams:
+    """Mixin for Flax modules: `param` that reads an existing parameter without tracing its initializer.
+
+    On every `apply`, Flax's `Module.param` runs the initializer under `jax.eval_shape` only to check
+    the stored parameter's shape: 284 initializer traces per Inception-v3 forward pass, a fifth of its
+    train step's trace time (BENCHMARKS.md). Here the stored shape is compared with the requested one
+    directly, with Flax's own error (`flax.errors.ScopeParamShapeError`) on a mismatch. Creating
+    parameters (`init`) goes through Flax unchanged. The requested shape is the first argument after
+    the key, as for every Flax initializer; a call without one goes through Flax.
+    """
+
+    def param(self, name: str, init_fn: Callable, *init_args, unbox: bool = True, **init_kwargs):
+        shape = init_args[0] if init_args else init_kwargs.get("shape")
+        if shape is None or not self.has_variable("params", name):
+            return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+        value = self.get_variable("params", name)
+        value = meta.unbox(value) if unbox else value
+        if tuple(np.shape(value)) != tuple(shape):
+            raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, np.shape(value), tuple(shape))
+        return value
+
+
+class Conv(ShapeCheckedParams, nn.Conv):
+    """`flax.linen.Conv` (same parameters, same function) that computes 1x1 convolutions as matrix
+    products (`conv_general_dilated`) and reads its parameters without re-tracing their initializers."""
+
+    conv_general_dilated: Callable = conv_general_dilated
+
+
+class Dense(ShapeCheckedParams, nn.Dense):
+    """`flax.linen.Dense` reading its parameters without re-tracing their initializers."""
+
+
+class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
     """`flax.linen.BatchNorm` over the last axis, with the same parameters (`scale`, `bias`), running
     statistics (`mean`, `var`, Flax's momentum convention) and function, whose training mode runs
     through `batch_norm_train`: on a CPU its forward and backward passes take a half to a third of the
@@ -202,7 +238,7 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.Conv(
+        x = Conv(
             self.features,
             pair(self.kernel_size),
             strides=pair(self.strides),
@@ -212,7 +248,6 @@ class ConvBN(nn.Module):
             kernel_init=conv_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            conv_general_dilated=conv_general_dilated,
             name="conv",
         )(x)
         if self.use_bn:
@@ -340,7 +375,7 @@ def check_input(x, *, model: str, min_size: int, in_channels: int = 3):
 
 def classifier(x, num_classes: int, *, dtype, param_dtype, name: str):
     """The final linear layer (PyTorch `nn.Linear` layout after transposition)."""
-    return nn.Dense(num_classes, kernel_init=dense_init, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+    return Dense(num_classes, kernel_init=dense_init, dtype=dtype, param_dtype=param_dtype, name=name)(x)
 
 
 def concat(branches: Sequence[jax.Array]):
