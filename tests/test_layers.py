@@ -260,3 +260,62 @@ def test_parameter_of_the_wrong_shape_gets_flaxs_error(path):
     with pytest.raises(flax.errors.ScopeParamShapeError, match=rf'"{name}" in "/{module}".*{re.escape(expected)}.*'
                                                               rf"{re.escape(str(wrong.shape))}"):
         unit.apply(variables, x)
+
+
+# Max pool (layers.max_pool: XLA's reduce_window, differentiated by picking the winning tap).
+
+def _xla_max_pool(x, window, strides, padding=0, *, ceil_mode=False, padding_mode="torch"):
+    """The same pads as `layers.max_pool`, through Flax's `max_pool`, which XLA differentiates itself."""
+    import flax.linen as nn
+
+    window, strides = layers.pair(window), layers.pair(strides)
+    if padding_mode == "tf":
+        pads = "SAME" if (ceil_mode or any(layers.pair(padding))) else "VALID"
+    else:
+        ph, pw = layers.pair(padding)
+        pads = ((ph, ph), (pw, pw))
+        if ceil_mode:
+            pads = (layers.ceil_mode_pads(x.shape[1], window[0], strides[0], ph),
+                    layers.ceil_mode_pads(x.shape[2], window[1], strides[1], pw))
+    return nn.max_pool(x, window, strides, padding=pads)
+
+
+@pytest.mark.parametrize("shape, window, strides, padding, ceil_mode, padding_mode", [
+    ((2, 15, 15, 5), 3, 2, 0, True, "torch"),   # GoogLeNet's reductions (ceil_mode: a last partial window)
+    ((2, 14, 14, 4), 3, 1, 1, True, "torch"),   # its branch pools
+    ((2, 14, 14, 4), 2, 2, 0, True, "torch"),
+    ((2, 17, 17, 6), 3, 2, 0, False, "torch"),  # Inception-v3's reductions
+    ((2, 16, 16, 3), 3, 2, 1, True, "tf"),      # TF 'SAME', asymmetric pads
+    ((2, 9, 11, 3), (3, 2), (2, 1), 0, False, "torch"),
+])
+def test_max_pool_equals_xlas_with_gradients_ties_included(shape, window, strides, padding, ceil_mode, padding_mode):
+    """Values bit for bit; gradients as XLA's, on post-ReLU inputs full of ties (the first maximum in
+    row-major order takes the gradient)."""
+    kx, kc = jax.random.split(jax.random.key(7))
+    x = jnp.maximum(jnp.round(jax.random.normal(kx, shape) * 2) / 2, 0.0)  # many equal values and zeros
+    ours = lambda x: layers.max_pool(x, window, strides, padding, ceil_mode=ceil_mode, padding_mode=padding_mode)
+    xla = lambda x: _xla_max_pool(x, window, strides, padding, ceil_mode=ceil_mode, padding_mode=padding_mode)
+    y, ours_vjp = jax.vjp(ours, x)
+    y_xla, xla_vjp = jax.vjp(xla, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(y_xla))
+    cotangent = jax.random.normal(kc, y.shape)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda c: ours_vjp(c)[0])(cotangent)),
+                               np.asarray(xla_vjp(cotangent)[0]), rtol=1e-6, atol=1e-6)
+    # Forward mode is the same linear map: <cotangent, J t> = <J^T cotangent, t> with XLA's J^T. (XLA's
+    # own forward mode breaks ties its own way, so it is compared on tie-free inputs.)
+    tangent = jax.random.normal(kc, x.shape)
+    forward = jax.jvp(ours, (x,), (tangent,))[1]
+    np.testing.assert_allclose(float(jnp.vdot(cotangent, forward)), float(jnp.vdot(xla_vjp(cotangent)[0], tangent)),
+                               rtol=1e-5)
+    untied = jax.random.normal(kx, shape)
+    np.testing.assert_array_equal(np.asarray(jax.jvp(ours, (untied,), (tangent,))[1]),
+                                  np.asarray(jax.jvp(xla, (untied,), (tangent,))[1]))
+
+
+def test_max_pool_gradient_has_no_select_and_scatter_and_nan_wins_as_in_pytorch():
+    x = jax.random.normal(jax.random.key(0), (1, 6, 6, 2)).at[0, 1, 1, 0].set(jnp.nan)
+    grad = jax.jit(jax.grad(lambda x: jnp.nansum(layers.max_pool(x, 3, 2, ceil_mode=True))))
+    assert "select-and-scatter" not in grad.lower(x).compile().as_text()
+    y = layers.max_pool(x, 3, 2, ceil_mode=True)
+    assert bool(jnp.isnan(y[0, 0, 0, 0])) and not bool(jnp.isnan(y[0, 0, 0, 1]))
+    assert float(grad(x)[0, 1, 1, 0]) == 0.0  # the NaN won its window; nansum gives it no cotangent
