@@ -2,9 +2,10 @@
 in train mode, ours (jitted, the trainer's compiler options) beside the same layer in PyTorch (NCHW,
 `Conv2d` + `BatchNorm2d` + ReLU), each also timed as the convolution alone. XLA's profiler does not
 attribute a CPU step's time reliably (the convolutions' worker threads are missing from its trace), so
-this times the units one at a time instead; BENCHMARKS.md quotes its output.
+this times the units one at a time instead; BENCHMARKS.md quotes its output. With --pools it times
+every max pool instead (forward + backward), beside PyTorch's `max_pool2d`.
 
-    .venv/bin/python scripts/profile_units.py --model inception_v3 [--batch-size 8] [--image-size 299]
+    .venv/bin/python scripts/profile_units.py --model inception_v3 [--batch-size 8] [--image-size 299] [--pools]
 
 Prints one row per distinct unit (input shape, width, kernel, stride, how many the network has) in
 milliseconds, medians of --repeats, and the totals weighted by the counts. Needs the test extra (torch).
@@ -50,6 +51,71 @@ def _units(model, batch, size):
     with nn.intercept_methods(record):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((batch, size, size, 3)), train=True))
     return found
+
+
+def _pools(model, batch, size):
+    """{(input shape, window, strides, padding, ceil_mode, padding_mode): count} over the forward pass."""
+    import jax
+    import jax.numpy as jnp
+
+    from inception_jax.models import layers
+
+    found = collections.Counter()
+    max_pool = layers.max_pool
+
+    def record(x, window, strides, padding=0, *, ceil_mode=False, padding_mode="torch"):
+        found[(tuple(x.shape), layers.pair(window), layers.pair(strides), padding, ceil_mode, padding_mode)] += 1
+        return max_pool(x, window, strides, padding, ceil_mode=ceil_mode, padding_mode=padding_mode)
+
+    layers.max_pool = record  # the models call it through the module, when traced
+    try:
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((batch, size, size, 3)), train=True))
+    finally:
+        layers.max_pool = max_pool
+    return found
+
+
+def _time_pool(fields, options, repeats):
+    """Ours and PyTorch's, forward + backward, in ms."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from inception_jax.models import layers
+
+    shape, window, strides, padding, ceil_mode, padding_mode = fields
+    if isinstance(padding, str) or padding_mode != "torch":
+        raise SystemExit(f"profile_units: a pool pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
+                         "which PyTorch's max_pool2d cannot mirror; profile the variant with padding_mode='torch'")
+    pool = lambda x: layers.max_pool(x, window, strides, padding, ceil_mode=ceil_mode)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
+    cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(pool, x).shape, np.float32))
+
+    def forward_backward(x, cotangent):
+        y, vjp = jax.vjp(pool, x)
+        return y, vjp(cotangent)
+
+    step = jax.jit(forward_backward, compiler_options=options)
+    ours = _median_ms(lambda: jax.block_until_ready(step(x, cotangent)), repeats)
+    x_nchw = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+    pads = layers.pair(padding)
+    ref_pool = lambda: torch.nn.functional.max_pool2d(x_nchw, window, strides, pads, ceil_mode=ceil_mode)
+    ref_cotangent = torch.from_numpy(np.asarray(cotangent).transpose(0, 3, 1, 2).copy())
+    return ours, _median_ms(lambda: ref_pool().backward(ref_cotangent), repeats)
+
+
+def _profile_pools(args, model, size, options):
+    totals = collections.Counter()
+    print(f"{args.model}, batch {args.batch_size}, {size} px: max pools, forward + backward ms")
+    for fields, count in sorted(_pools(model, args.batch_size, size).items(), key=lambda kv: -kv[0][0][1]):
+        ours, ref = _time_pool(fields, options, args.repeats)
+        totals["ours"] += ours * count
+        totals["ref"] += ref * count
+        shape, window, strides = fields[:3]
+        print(f"{str(shape):20s} {window[0]}x{window[1]}/{strides[0]} x{count:<3d} ours {ours:7.1f}   "
+              f"PyTorch {ref:7.1f}   PyTorch/ours {ref / ours:.2f}", flush=True)
+    print(f"total (x count): ours {totals['ours']:.0f} ms, PyTorch {totals['ref']:.0f} ms")
 
 
 def _time_ours(shape, fields, options, repeats):
@@ -107,6 +173,7 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=None, help="default: the variant's input size")
     parser.add_argument("--threads", type=int, default=2, help="PyTorch's thread count (XLA uses every core)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pools", action="store_true", help="time the max pools instead of the conv units")
     args = parser.parse_args(argv)
 
     import torch  # before TensorFlow could be imported (README: "When things go wrong")
@@ -120,6 +187,8 @@ def main(argv=None):
     size = args.image_size or registry.data_config(args.model).input_size
     model = registry.create_model(args.model, num_classes=1000)
     options = compilation.compiler_options(jax.devices())
+    if args.pools:
+        return _profile_pools(args, model, size, options)
     totals = collections.Counter()
     print(f"{args.model}, batch {args.batch_size}, {size} px: forward + backward ms per unit "
           "(ours: unit / conv alone; PyTorch: unit / conv alone)")

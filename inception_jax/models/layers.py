@@ -313,8 +313,8 @@ def _max_pool(x, window, strides, pads):
     """XLA's max pool (`reduce_window`) on NHWC input padded with -inf, differentiated by picking taps.
 
     XLA differentiates a max pool into `select-and-scatter`, which its CPU backend runs 3-5x slower than
-    PyTorch's max-pool backward (GoogLeNet's 13 pools, forward + backward, batch 8: 698 vs 175 ms;
-    BENCHMARKS.md). Here the derivative is written as what it is: the window's kh x kw taps are strided
+    PyTorch's max-pool backward (GoogLeNet's 13 pools, forward + backward, batch 8: 778 vs 210 ms;
+    97 ms this way; BENCHMARKS.md update 5). Here the derivative is written as what it is: the window's kh x kw taps are strided
     slices of the padded input; the first tap, in row-major order, that holds the maximum (PyTorch's and
     XLA's tie rule; a NaN wins, as in PyTorch) passes its tangent through (`lax.select_n`). Reverse mode
     transposes that into padded copies of the cotangent, added: elementwise work XLA fuses. The values
