@@ -30,6 +30,26 @@ def _median_ms(fn, repeats):
     return statistics.median(times) * 1e3
 
 
+def _time_forward_backward(forward, args, cotangent, options, repeats):
+    """ms for the output and every argument's gradient, as PyTorch's `y = f(x); y.backward(cotangent)`
+    computes: the gradient of `vdot(f(x), cotangent)` alone would let XLA drop a linear layer's forward
+    pass. The cotangent is an argument: a constant would let XLA fold the sums over it into the program."""
+    import jax
+
+    def forward_backward(args, cotangent):
+        y, vjp = jax.vjp(forward, *args)
+        return y, vjp(cotangent)
+
+    step = jax.jit(forward_backward, compiler_options=options)
+    return _median_ms(lambda: jax.block_until_ready(step(args, cotangent)), repeats)
+
+
+def _require_torch_padding(what, padding, padding_mode, torch_op):
+    if isinstance(padding, str) or padding_mode != "torch":
+        raise SystemExit(f"profile_units: a {what} pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
+                         f"which PyTorch's {torch_op} cannot mirror; profile the variant with padding_mode='torch'")
+
+
 def _units(model, batch, size):
     """{(input shape, ConvBN fields): count} for the train-mode forward pass."""
     import flax.linen as nn
@@ -85,19 +105,11 @@ def _time_pool(fields, options, repeats):
     from inception_jax.models import layers
 
     shape, window, strides, padding, ceil_mode, padding_mode = fields
-    if isinstance(padding, str) or padding_mode != "torch":
-        raise SystemExit(f"profile_units: a pool pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
-                         "which PyTorch's max_pool2d cannot mirror; profile the variant with padding_mode='torch'")
+    _require_torch_padding("pool", padding, padding_mode, "max_pool2d")
     pool = lambda x: layers.max_pool(x, window, strides, padding, ceil_mode=ceil_mode)
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
     cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(pool, x).shape, np.float32))
-
-    def forward_backward(x, cotangent):
-        y, vjp = jax.vjp(pool, x)
-        return y, vjp(cotangent)
-
-    step = jax.jit(forward_backward, compiler_options=options)
-    ours = _median_ms(lambda: jax.block_until_ready(step(x, cotangent)), repeats)
+    ours = _time_forward_backward(pool, (x,), cotangent, options, repeats)
     x_nchw = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
     pads = layers.pair(padding)
     ref_pool = lambda: torch.nn.functional.max_pool2d(x_nchw, window, strides, pads, ceil_mode=ceil_mode)
@@ -137,15 +149,7 @@ def _time_ours(shape, fields, options, repeats):
         def forward(params, x, unit=unit, variables=variables):
             return unit.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])[0]
 
-        def forward_backward(params, x, cotangent, forward=forward):
-            # the output and both gradients, as PyTorch's `y = f(x); y.backward(cotangent)` computes: the
-            # gradient of `vdot(f(x), cotangent)` alone would let XLA drop a linear layer's forward pass
-            y, vjp = jax.vjp(forward, params, x)
-            return y, vjp(cotangent)
-
-        # the cotangent is an argument: a constant would let XLA fold the sums over it into the program
-        step = jax.jit(forward_backward, compiler_options=options)
-        result.append(_median_ms(lambda: jax.block_until_ready(step(variables["params"], x, cotangent)), repeats))
+        result.append(_time_forward_backward(forward, (variables["params"], x), cotangent, options, repeats))
     return result
 
 
@@ -153,9 +157,7 @@ def _time_torch(shape, fields, repeats):
     import torch
 
     features, kernel, strides, padding, padding_mode, use_bn = fields
-    if isinstance(padding, str) or padding_mode != "torch":
-        raise SystemExit(f"profile_units: a unit pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
-                         "which PyTorch's Conv2d cannot mirror; profile the variant with padding_mode='torch'")
+    _require_torch_padding("unit", padding, padding_mode, "Conv2d")
     n, h, w, c = shape
     conv = torch.nn.Conv2d(c, features, kernel, strides, padding, bias=not use_bn)
     norm = torch.nn.BatchNorm2d(features, eps=1e-3) if use_bn else torch.nn.Identity()
