@@ -312,13 +312,14 @@ def max_pool(
 def _max_pool(x, window, strides, pads):
     """XLA's max pool (`reduce_window`) on NHWC input padded with -inf, differentiated by picking taps.
 
-    XLA differentiates a max pool into `select-and-scatter`, which its CPU backend runs 3-5x slower than
-    PyTorch's max-pool backward (GoogLeNet's 13 pools, forward + backward, batch 8: 778 vs 210 ms;
-    97 ms this way; BENCHMARKS.md update 5). Here the derivative is written as what it is: the window's kh x kw taps are strided
-    slices of the padded input; the first tap, in row-major order, that holds the maximum (PyTorch's and
-    XLA's tie rule; a NaN wins, as in PyTorch) passes its tangent through (`lax.select_n`). Reverse mode
-    transposes that into padded copies of the cotangent, added: elementwise work XLA fuses. The values
-    are XLA's; the gradients are XLA's up to the order in which overlapping windows add.
+    XLA differentiates a max pool into `select-and-scatter`, which its CPU backend runs 3-4x slower than
+    PyTorch runs its max pools (GoogLeNet's 13, forward + backward, batch 8: 778 vs 210 ms; 97 ms this
+    way; BENCHMARKS.md update 5). Here the derivative is written as what it is: the window's kh x kw taps
+    are strided slices of the padded input; the first tap, in row-major order, that holds the maximum
+    (PyTorch's and XLA's tie rule; a NaN wins, as in PyTorch) passes its tangent through
+    (`lax.select_n`, one int32 index per output kept for the backward pass). Reverse mode transposes that
+    into padded copies of the cotangent, added: elementwise work XLA fuses. The values are XLA's; the
+    gradients are XLA's up to the order in which overlapping windows add.
     """
     dims, strides4 = (1, *window, 1), (1, *strides, 1)
     return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, strides4, ((0, 0), *pads, (0, 0)))
