@@ -162,10 +162,10 @@ class ShapeCheckedParams:
         if shape is None or not self.has_variable("params", name):
             return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
         value = self.get_variable("params", name)
-        value = meta.unbox(value) if unbox else value
-        if tuple(np.shape(value)) != tuple(shape):
-            raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, np.shape(value), tuple(shape))
-        return value
+        stored = np.shape(meta.unbox(value))
+        if tuple(stored) != tuple(shape):
+            raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, stored, tuple(shape))
+        return meta.unbox(value) if unbox else value
 
 
 class Conv(ShapeCheckedParams, nn.Conv):
@@ -338,11 +338,9 @@ def _max_pool_jvp(window, strides, pads, primals, tangents):
                 limit = (v.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, v.shape[3])
                 yield jax.lax.slice(v, (0, i, j, 0), limit, (1, *strides, 1))
 
-    y, which = None, None
-    for t, v in enumerate(taps(xp)):
-        if y is None:
-            y, which = v, jnp.zeros(v.shape, jnp.int32)
-            continue
+    first, *rest = taps(xp)
+    y, which = first, jnp.zeros(first.shape, jnp.int32)
+    for t, v in enumerate(rest, 1):
         wins = (v > y) | jnp.isnan(v)
         y, which = jnp.where(wins, v, y), jnp.where(wins, t, which)
     return y, jax.lax.select_n(which, *taps(jnp.pad(x_dot, padding)))
