@@ -73,9 +73,9 @@ LEARNING_RATE = 0.045  # the Rethinking recipe's; any value times the same
 # note) by --mode input, so scripts can pass one set of options to every mode.
 INPUT_OPTIONS = ("dataset", "data_dir", "split", "no_color_distortion", "sample_examples")
 MODEL_STEP_OPTIONS = ("dtype", "devices", "num_classes", "model_option", "ref_compile", "ref_channels_last",
-                      "peak_tflops", "xla_cpu_convolutions")
+                      "peak_tflops", "xla_cpu_convolutions", "kernels", "jit")
 # Result fields with no meaning for an input-pipeline row: null there, so every row has the same keys.
-MODEL_STEP_FIELDS = ("model_options", "device", "xla_cpu_convolutions", "compile_s", "compile_cached_s", "compile_cache_hit",
+MODEL_STEP_FIELDS = ("model_options", "device", "xla_cpu_convolutions", "kernels", "jit", "compile_s", "compile_cached_s", "compile_cache_hit",
                      "peak_mem_bytes", "xla_temp_bytes", "gflops_per_image", "achieved_tflop_per_s", "peak_tflop_per_s",
                      "peak_source", "utilisation", "reference", "ref_img_per_s", "ref_img_per_s_min",
                      "ref_img_per_s_max", "ref_peak_mem_bytes", "ratio")
@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--xla-cpu-convolutions", choices=("eigen", "ynnpack"), default="eigen",
                    help="on a CPU: XLA's own convolutions (our default) or its YNNPACK library (XLA's default); "
                         "see inception_jax/compilation.py")
+    p.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto",
+                   help="backend-specific forms (inception_jax/kernels.py): 'auto' takes the CPU forms on a CPU")
+    p.add_argument("--jit", choices=("project", "plain"), default="project",
+                   help="'project': the trainer's step (its compiler options, kernels resolved for the devices); "
+                        "'plain': the step a notebook writes, a bare jax.jit of value_and_grad and an optax update")
     p.add_argument("--dataset", help="--mode input: a prepared TFDS dataset, e.g. imagenet2012 "
                                       "(default: the built-in sample_photos, built into a temporary directory)")
     p.add_argument("--data-dir", help="--mode input: the TFDS data dir holding --dataset (default: TFDS's)")
@@ -205,6 +210,7 @@ def _bench_config(args, options):
     c.schedule.base_learning_rate = LEARNING_RATE
     c.label_smoothing = 0.1
     c.xla_cpu_convolutions = args.xla_cpu_convolutions
+    c.kernels = args.kernels
     return c
 
 
@@ -237,11 +243,14 @@ def _ours(args, options, mesh):
     macs = profile.count_macs(model, variables, args.image_size)
     gflops_per_image = 2 * macs * (3 if args.mode == "train" else 1) / 1e9
 
-    if args.mode == "train":
+    if args.jit == "plain":
+        jitted, call_args = _plain_jit(args, model.clone(kernels=args.kernels), tx, state, batch, replicated)
+    elif args.mode == "train":
         jitted = train.make_train_step(model, tx, schedule, config, args.num_classes, mesh)
         call_args = (state, batch, jax.random.key(1))
     else:
-        jitted = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=replicated,
+        forward = train.kernel_scope(lambda v, x: model.apply(v, x, train=False)[0], config, mesh)
+        jitted = jax.jit(forward, out_shardings=replicated,
                          compiler_options=compilation.compiler_options(mesh, args.xla_cpu_convolutions))
         call_args = (variables, batch["image"])
 
@@ -250,7 +259,7 @@ def _ours(args, options, mesh):
     compiled, cached_s, cache_hit = compilation.compile_timed(jitted, *call_args)
 
     if args.mode == "train":
-        holder = {"state": state}
+        holder = {"state": call_args[0]}
 
         def step():
             holder["state"], metrics = compiled(holder["state"], batch, call_args[2])
@@ -262,6 +271,33 @@ def _ours(args, options, mesh):
     memory = compiled.memory_analysis()
     temp_bytes = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
     return step, compile_s, cached_s, cache_hit, gflops_per_image, temp_bytes
+
+
+def _plain_jit(args, model, tx, state, batch, replicated):
+    """What a notebook writes: `jax.jit` of the model with no compiler options and no kernel scope (the
+    model's `kernels` field decides); the train step is value_and_grad of a label-smoothed loss and an
+    optax update, returning the state and the loss like the trainer's step."""
+    import jax
+    import optax
+
+    if args.mode == "infer":
+        forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0], out_shardings=replicated)
+        return forward, ({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
+
+    def step(state, batch, key):
+        def loss_fn(params):
+            (logits, _), new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                                                train=True, mutable=["batch_stats"], rngs={"dropout": key})
+            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1]), 0.1)
+            return optax.softmax_cross_entropy(logits, targets).mean(), new_vars["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
+                                  opt_state=opt_state)
+        return new_state, {"train/loss": loss}
+
+    return jax.jit(step, donate_argnums=(0,)), (state, batch, jax.random.key(1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -440,6 +476,7 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
         "dtype": args.dtype, "model_options": options,
         "device": f"{len(devices)} x {devices[0].device_kind}", "platform": devices[0].platform,
         "xla_cpu_convolutions": args.xla_cpu_convolutions if devices[0].platform == "cpu" else None,
+        "kernels": args.kernels, "jit": args.jit,
         "cpu": platform.processor() or platform.machine(), "threads": threads, "steps": args.steps,
         "img_per_s": median, "img_per_s_min": min(ours), "img_per_s_max": max(ours),
         "compile_s": compile_s, "compile_cached_s": cached_s, "compile_cache_hit": cache_hit,
@@ -592,7 +629,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']} {r['mode']}, batch {r['batch_size']}, {r['image_size']} px, {r['dtype']}, "
         f"{r['device']} ({r['threads']} threads), median of {r['steps']} steps"
-        + (f", XLA CPU convolutions: {r['xla_cpu_convolutions']}" if r.get("xla_cpu_convolutions") else ""),
+        + (f", XLA CPU convolutions: {r['xla_cpu_convolutions']}" if r.get("xla_cpu_convolutions") else "")
+        + (f", kernels: {r['kernels']}" if r.get("kernels") else "")
+        + (f", {r['jit']} jax.jit" if r.get("jit") == "plain" else ""),
         f"  ours:      {r['img_per_s']:.2f} img/s (min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
         f"compile {r['compile_s']:.1f} s cold, {r['compile_cached_s']:.1f} s from the cache; "
         f"peak memory {mib(r['peak_mem_bytes'])} (XLA's temporaries {mib(r.get('xla_temp_bytes'))})",
@@ -617,6 +656,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     for r in results:
         ref = r.get("reference")
         detail = f" ({_input_label(r)})" if r["mode"] == "input" else ""
+        if r.get("kernels") not in (None, "auto"):
+            detail += f" kernels={r['kernels']}"
+        if r.get("jit") == "plain":
+            detail += " (plain jax.jit)"
         achieved, utilisation = r.get("achieved_tflop_per_s"), r.get("utilisation")
         rows.append(
             f"| {r['model']}{' ' + str(r['model_options']) if r.get('model_options') else ''}{detail} | "

@@ -77,6 +77,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_max_to_keep = 3
     c.progress_bar = True
 
+    # Backend-specific forms (inception_jax/kernels.py): "auto" (CPU forms in programs built for CPUs,
+    # XLA's operations on GPUs and TPUs), "xla" or "cpu" everywhere.
+    c.kernels = "auto"
     c.compilation_cache = True  # JAX's persistent compilation cache: restarts and sweeps skip recompiling
     c.compilation_cache_dir = placeholder(str)  # None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/inception_jax/xla
     # On a CPU: "eigen" (XLA's own convolutions; Inception steps 1.2-1.7x faster here) or "ynnpack"

@@ -8,12 +8,13 @@ section 6); the config fields it reads are listed in each function.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from inception_jax import kernels
 
 SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("adamw", "rmsprop", "sgd")
@@ -170,40 +171,6 @@ def kernel_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda path, _: _leaf_name(path) == "kernel", params)
 
 
-def global_norm(tree) -> jax.Array:
-    """The Euclidean norm of all leaves together (what `optax.tree.norm` computes), in at least float32,
-    as one sum over their concatenation.
-
-    optax squares each leaf and reduces it, which XLA's CPU backend compiles into three kernels per
-    leaf (the square, a tree-shaped partial sum, the final sum): for the gradient and parameter norms of
-    Inception-v3's 284 parameter arrays, 1,600 of the 4,150 generated kernels of its train step as
-    benchmarked (RMSProp, no clipping) and about a fifth of its compile time (BENCHMARKS.md).
-    Concatenated, each norm is a few kernels. Used for the logged norms and the non-finite check
-    (`inception_jax.train`) and for `clip_by_global_norm`.
-    """
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    acc = functools.reduce(jnp.promote_types, [x.dtype for x in leaves], jnp.float32)
-    flat = jnp.concatenate([x.ravel().astype(acc) for x in leaves])
-    return jnp.sqrt(jnp.sum(jnp.square(flat)))
-
-
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-    """`optax.clip_by_global_norm` (the same rule: updates whose global norm is at least `max_norm` are
-    scaled by `max_norm / norm`), with the norm from `global_norm`: optax's costs three compiled kernels
-    per parameter array on a CPU."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        norm = global_norm(updates)
-        keep = norm < max_norm
-        updates = jax.tree.map(lambda t: jax.lax.select(keep, t, (t / norm.astype(t.dtype)) * max_norm), updates)
-        return updates, state
-
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
-
-
 def make_optimizer(
     config: Any, steps_per_epoch: int, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -262,7 +229,7 @@ def make_optimizer(
     if l2:
         parts.append(optax.add_decayed_weights(wd, mask=kernel_mask))
     if clip is not None:
-        parts.append(clip_by_global_norm(clip))
+        parts.append(kernels.clip_by_global_norm(clip))
     parts.append(core)
     if decoupled:
         # The optimizer's output already carries -lr_t; add -lr_t * wd * w with the same step count.

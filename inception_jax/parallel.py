@@ -207,6 +207,11 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
+def platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices ("cpu", "gpu", "tpu")."""
+    return mesh.devices.flat[0].platform
+
+
 def prefetch_to_devices(local_batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
     """`global_batch` of each local batch, `size - 1` batches ahead: the next batch's host-to-device copy
     (asynchronous in JAX) is under way while the current step runs, as flax's `prefetch_to_device` did

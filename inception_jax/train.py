@@ -31,7 +31,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from inception_jax import checkpoint as ckpt_lib
-from inception_jax import compilation, finetune
+from inception_jax import compilation, finetune, kernels
 from inception_jax import losses, metrics as metrics_lib, optim, parallel
 from inception_jax import validation
 from inception_jax.models import registry
@@ -142,7 +142,7 @@ def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss):
     if config.ema_decay:
         ema = optim.ema_update(state.ema_params, params, config.ema_decay, state.step)
         ema_bs = optim.ema_update(state.ema_batch_stats, new_batch_stats, config.ema_decay, state.step)
-    grad_norm = optim.global_norm(grads)
+    grad_norm = kernels.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
                         ema_params=ema, ema_batch_stats=ema_bs)
@@ -168,19 +168,15 @@ def _accumulated(loss_grad, k: int):
 
         def one(carry, i_mb):
             i, mb = i_mb
-            bs, grads, loss, parts, top1 = carry
-            (l, (bs, p, t)), g = loss_grad(params, bs, mb, jax.random.fold_in(rng, i))
-            add = lambda a, b: jax.tree.map(jnp.add, a, b)
-            return (bs, add(grads, g), loss + l, add(parts, p), top1 + t), None
+            bs, grads = carry
+            (loss, (bs, parts, top1)), g = loss_grad(params, bs, mb, jax.random.fold_in(rng, i))
+            return (bs, jax.tree.map(jnp.add, grads, g)), (loss, parts, top1)
 
-        mb0 = jax.tree.map(lambda x: x[0], micro)
-        shapes = jax.eval_shape(loss_grad, params, batch_stats, mb0, rng)
-        zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)
-        (loss0, (_, parts0, top10)), grads0 = shapes
-        init = (batch_stats, zeros(grads0), zeros(loss0), zeros(parts0), zeros(top10))
-        (bs, grads, loss, parts, top1), _ = jax.lax.scan(one, init, (jnp.arange(k), micro))
-        mean = lambda tree: jax.tree.map(lambda a: a / k, tree)
-        return (loss / k, (bs, mean(parts), top1 / k)), mean(grads)
+        # Gradients have the parameters' structure and dtypes; the per-micro-batch metrics come out stacked.
+        init = (batch_stats, jax.tree.map(jnp.zeros_like, params))
+        (bs, grads), (loss, parts, top1) = jax.lax.scan(one, init, (jnp.arange(k), micro))
+        mean = lambda tree: jax.tree.map(lambda a: jnp.mean(a, 0), tree)
+        return (mean(loss), (bs, mean(parts), mean(top1))), jax.tree.map(lambda g: g / k, grads)
 
     return fn
 
@@ -197,9 +193,24 @@ def _without_frozen_grads(loss_grad, plan: finetune.Plan):
     return fn
 
 
-def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: finetune.Plan | None = None):
+def kernel_scope(fn, config, mesh, platform: str | None = None):
+    """`fn` traced with `config.kernels` resolved for the platform the program is built for: `platform`
+    ("cpu", "cuda", "rocm", "tpu"), by default that of the mesh's devices."""
+    choice = kernels.for_platform(config.get("kernels", "auto"), platform or parallel.platform(mesh))
+
+    @functools.wraps(fn)
+    def scoped(*args):
+        with kernels.use(choice):
+            return fn(*args)
+
+    return scoped
+
+
+def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: finetune.Plan | None = None,
+                    *, platform: str | None = None):
     """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated.
-    `plan` (fine-tuning) freezes blocks and BatchNorm; `tx` must already be wrapped by `plan.wrap`."""
+    `plan` (fine-tuning) freezes blocks and BatchNorm; `tx` must already be wrapped by `plan.wrap`.
+    `platform`: what to build for, when not the mesh's devices (`jax.export` for another platform)."""
     plan = plan or finetune.Plan()
     loss_grad = jax.value_and_grad(functools.partial(_forward_loss, model, config, num_classes, plan), has_aux=True)
     loss_grad = _without_frozen_grads(loss_grad, plan)
@@ -213,7 +224,7 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
             "train/grad_norm": grad_norm,
             # the parameters this step returns: the old ones' buffers are donated to them, and reading
             # those after the update makes XLA keep copies
-            "train/param_norm": optim.global_norm(new_state.params),
+            "train/param_norm": kernels.global_norm(new_state.params),
             "finite": finite,
         }
         m.update({f"train/loss_{k}": v for k, v in parts.items()})
@@ -241,14 +252,15 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
     else:
         step_fn = global_step
     replicated = parallel.replicated(mesh)
-    return jax.jit(step_fn, donate_argnums=(0,), out_shardings=(replicated, replicated),
+    return jax.jit(kernel_scope(step_fn, config, mesh, platform), donate_argnums=(0,),
+                   out_shardings=(replicated, replicated),
                    compiler_options=compilation.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
 
 
-def make_eval_step(model, mesh, mean=None, std=None, *, cpu_convolutions: str = "eigen"):
+def make_eval_step(model, mesh, config, *, platform: str | None = None):
     """`eval_step(params, batch_stats, batch) -> sums`: exact counts over the unmasked examples. uint8
-    images are normalised with `mean`/`std` (config.input's) on the device; `cpu_convolutions` is
-    config.xla_cpu_convolutions (inception_jax/compilation.py)."""
+    images are normalised with config.input's mean and std on the device."""
+    mean, std = config.input.mean, config.input.std
 
     def eval_step(params, batch_stats, batch):
         images = normalise_images(batch["image"], mean, std)
@@ -264,8 +276,8 @@ def make_eval_step(model, mesh, mean=None, std=None, *, cpu_convolutions: str = 
             "count": jnp.sum(mask.astype(jnp.int32)),
         }
 
-    return jax.jit(eval_step, out_shardings=parallel.replicated(mesh),
-                   compiler_options=compilation.compiler_options(mesh, cpu_convolutions))
+    return jax.jit(kernel_scope(eval_step, config, mesh, platform), out_shardings=parallel.replicated(mesh),
+                   compiler_options=compilation.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
 
 
 def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
@@ -401,8 +413,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         return spec
 
     eval_step = compilation.compile_step(
-        "eval step", make_eval_step(model, mesh, config.input.mean, config.input.std,
-                                     cpu_convolutions=config.xla_cpu_convolutions), state.params, state.batch_stats,
+        "eval step", make_eval_step(model, mesh, config), state.params, state.batch_stats,
         batch_spec(config.eval_batch_size, True), announce=announce)
     eval_batches = functools.partial(pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size,
                                      rows=eval_rows)
@@ -431,16 +442,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     progress = metrics_lib.Progress(total_steps, start_step, enabled=is_main and config.progress_bar)
     throughput = metrics_lib.Throughput()
     stop_vote = parallel.StopVote(mesh)
-    pending: list[dict] = []
+    # Metrics of the steps since the last log, as device arrays: the host reads them only at logging and
+    # checkpoint steps, so between those it dispatches steps without waiting for any to finish.
+    pending: list[tuple[int, dict]] = []
     last_saved = start_step if restored is not None else None
     step = start_step
 
-    def check_finite(at_step: int, m: dict) -> None:
-        if config.on_nonfinite == "stop" and not bool(m["finite"]):
+    def check_finite() -> None:
+        """Raises naming the first pending step whose loss or gradient was NaN or Inf (on_nonfinite="stop")."""
+        if config.on_nonfinite != "stop" or not pending:
+            return
+        flags = jax.device_get([m["finite"] for _, m in pending])
+        bad = next((s for (s, _), ok in zip(pending, flags) if not ok), None)
+        if bad is not None:
             where = (f"step {last_saved} in {checkpointer.directory}" if last_saved is not None
                      else "none (no checkpoint was saved yet)")
             raise NonFiniteLossError(
-                f"loss is NaN or Inf at step {at_step}; the last good checkpoint is {where}. Lower "
+                f"loss is NaN or Inf at step {bad}; the last good checkpoint is {where}. Lower "
                 "config.schedule.base_learning_rate, set config.grad_clip_norm, or set "
                 "config.on_nonfinite='skip' to skip such updates.")
     try:
@@ -453,14 +471,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     break
                 state, step_metrics = train_step(state, next(train_iter), dropout_rng)
                 step += 1
-                pending.append(step_metrics)
+                pending.append((step, step_metrics))
                 throughput.add(config.batch_size)
-                # Check the previous step while this one runs: no host sync on the step in flight.
-                if len(pending) > 1:
-                    check_finite(step - 1, pending[-2])
                 if step % config.log_every_steps == 0 or step == total_steps:
-                    check_finite(step, step_metrics)
-                    summary = _summarise(pending)
+                    check_finite()
+                    summary = _summarise([m for _, m in pending])
                     pending.clear()
                     summary["perf/images_per_sec"] = throughput.rate()
                     summary["train/nonfinite_skips"] = int(state.nonfinite_skips)
@@ -469,11 +484,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 if step % config.eval_every_steps == 0 and step != total_steps:
                     writer.write(step, run_eval(state))
                 if step % config.checkpoint_every_steps == 0 or step == total_steps:
-                    check_finite(step, step_metrics)  # never save a state that went NaN
+                    check_finite()  # never save a state that went NaN
                     checkpointer.save(step, state, {"step": step})
                     last_saved = step
                 progress.update(1)
         if step < total_steps and last_saved != step:  # interrupted: keep what we have
+            check_finite()
             checkpointer.save(step, state, {"step": step}, force=True)
     finally:
         checkpointer.close()

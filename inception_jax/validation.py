@@ -9,7 +9,7 @@ import tempfile
 
 import ml_collections
 
-from inception_jax import finetune
+from inception_jax import finetune, kernels
 from inception_jax.checkpoint import CHECKPOINT_DIR
 from inception_jax.config_base import base_config
 from inception_jax.metrics import CONFIG_FILE
@@ -28,6 +28,7 @@ _CHOICES = {
     "bn_statistics": ("global", "per_device"),
     "on_nonfinite": ("stop", "skip"),
     "xla_cpu_convolutions": ("eigen", "ynnpack"),
+    "kernels": kernels.KERNELS,
 }
 
 
@@ -71,6 +72,9 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.model.name: {e}") from None
     options = registry.model_options(c.model.name)
     for key in c.model:
+        if key == "kernels":
+            raise ConfigError(f"config.model.kernels={c.model.kernels!r}: set config.kernels instead (it also "
+                              "applies to the optimizer's norms)")
         if key != "name" and key not in options:
             close = difflib.get_close_matches(key, options, n=1)
             hint = f" Did you mean config.model.{close[0]}?" if close else ""

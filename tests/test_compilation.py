@@ -100,7 +100,7 @@ def test_the_trainers_steps_compile_with_config_xla_cpu_convolutions(convolution
     train_step = train.make_train_step(model, tx, lambda s: 0.1, config, 2, mesh)
     compiled = train_step.lower(state, {"image": images, "label": labels}, jax.random.key(1)).compile()
     assert (_ynnpack_convolutions(compiled) > 0) == in_ynnpack
-    eval_step = train.make_eval_step(model, mesh, cpu_convolutions=convolutions)
+    eval_step = train.make_eval_step(model, mesh, config)
     mask = jax.ShapeDtypeStruct((2,), jnp.bool_)
     compiled = eval_step.lower(state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask}).compile()
     assert (_ynnpack_convolutions(compiled) > 0) == in_ynnpack

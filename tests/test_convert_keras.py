@@ -179,6 +179,8 @@ def test_inception_v3_legacy_model_h5_150px_10_classes(v3_small):
     model, variables, ref, logits, _ = v3_small
     assert model.num_classes == 10
     assert_logits_close(run_ours_float64(model, variables, ref["x"]), ref["logits64"], rel=1e-9)
+    # XLA's operations in place of the CPU forms ("auto" on this CPU): the same exact function
+    assert_logits_close(run_ours_float64(model.clone(kernels="xla"), variables, ref["x"]), ref["logits64"], rel=1e-9)
     assert_float32_as_exact_as_reference(logits, ref["logits"], ref["logits64"])
 
 

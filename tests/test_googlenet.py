@@ -69,8 +69,10 @@ def test_eval_logits_match_torchvision(torchvision_googlenet, size):
     rm.assert_logits_close(ours, theirs)
 
 
-def test_train_mode_aux_heads_match_torchvision(torchvision_googlenet):
-    """Train mode (BN on batch statistics on both sides), dropout off: logits, aux1 and aux2 agree.
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+def test_train_mode_aux_heads_match_torchvision(torchvision_googlenet, kernels):
+    """Train mode (BN on batch statistics on both sides), dropout off: logits, aux1 and aux2 agree, with
+    the CPU forms ("auto" on this CPU) and with XLA's operations.
 
     This also checks `torchvision_fixup`: a wrong fc1 column order changes both aux outputs.
     """
@@ -79,7 +81,7 @@ def test_train_mode_aux_heads_match_torchvision(torchvision_googlenet):
 
     state = rm.torch_state_dict(torchvision_googlenet)
     variables = ij.convert.from_torch("googlenet", state, aux_logits=True)
-    model = ij.create_model("googlenet", aux_logits=True, dropout_rate=0.0, aux_dropout_rate=0.0)
+    model = ij.create_model("googlenet", aux_logits=True, dropout_rate=0.0, aux_dropout_rate=0.0, kernels=kernels)
     reference = copy.deepcopy(torchvision_googlenet)  # train mode updates running stats
     for m in reference.modules():
         if isinstance(m, rm.torch.nn.Dropout):

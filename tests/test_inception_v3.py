@@ -173,12 +173,14 @@ def test_torchvision_parity_eval_299(timm_model):
     assert_logits_close(logits, ref.numpy())
 
 
-def test_aux_head_train_mode_matches_timm(timm_model, timm_variables):
-    """Train mode, BN on batch statistics on both sides, dropout off (timm's default drop_rate is 0)."""
+@pytest.mark.parametrize("kernels", ["auto", "xla"])
+def test_aux_head_train_mode_matches_timm(timm_model, timm_variables, kernels):
+    """Train mode, BN on batch statistics on both sides, dropout off (timm's default drop_rate is 0), with
+    the CPU forms ("auto" on this CPU) and with XLA's operations."""
     ref_model = copy.deepcopy(timm_model).train()
     x = images(299, seed=3)
-    (logits, out), new_vars = jitted_apply("inception_v3", train=True, aux_logits=True, dropout_rate=0.0)(
-        timm_variables, x)
+    (logits, out), new_vars = jitted_apply("inception_v3", train=True, aux_logits=True, dropout_rate=0.0,
+                                           kernels=kernels)(timm_variables, x)
     with torch.no_grad():
         ref_logits, ref_aux = ref_model(nchw(x))
     assert_logits_close(logits, ref_logits.numpy())

@@ -51,11 +51,11 @@ def jitted_apply(endpoints: bool = False, **options):
     return jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
 
 
-def apply64(variables, x, **options):
+def apply64(variables, x, kernels="auto", **options):
     """Our model in float64 (parameters and activations): logits and timm's feature_info taps, NCHW."""
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        logits, out = jitted_apply(endpoints=True, param_dtype=jnp.float64, **options)(v64, jnp.asarray(x, jnp.float64))
+        logits, out = jitted_apply(endpoints=True, param_dtype=jnp.float64, kernels=kernels, **options)(v64, jnp.asarray(x, jnp.float64))
         return np.asarray(logits), [np.asarray(out[k]).transpose(0, 3, 1, 2) for k in TIMM_TAPS]
 
 
@@ -85,13 +85,14 @@ def variables(timm_v4):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [299, SMALL])
-def test_float64_logits_and_stages_match_timm(timm_v4_64, variables, size):
+@pytest.mark.parametrize("size, kernels", [(299, "auto"), (SMALL, "auto"), (SMALL, "xla")])
+def test_float64_logits_and_stages_match_timm(timm_v4_64, variables, size, kernels):
+    """With the CPU forms ("auto" on this CPU) and with XLA's operations."""
     x = images(size)
     with torch.no_grad():
         features, taps = timm_v4_64.forward_intermediates(nchw(x))
         theirs = timm_v4_64.forward_head(features).numpy()
-    logits, ours_taps = apply64(variables, x)
+    logits, ours_taps = apply64(variables, x, kernels=kernels)
     assert_logits_close(logits, theirs, rel=1e-6)
     for name, ours, ref in zip(TIMM_TAPS, ours_taps, taps):
         ref = ref.numpy()

@@ -458,3 +458,52 @@ def test_sharded_state_round_trips_through_a_checkpoint(tmp_path):
     _, restored, _ = ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(target)
     np.testing.assert_array_equal(np.asarray(restored["sharded"]), value)
     assert restored["sharded"].sharding.mesh.devices.size == 2 and float(restored["replicated"]) == 5.0
+
+
+class _SlowOnDevice(nn.Module):
+    """A classifier whose forward pass holds the devices for a while (a chain of large matrix products)."""
+
+    num_classes: int = 10
+    in_channels: int = 3
+    num_aux_heads: int = 0
+
+    @nn.compact
+    def __call__(self, x, train=False, return_endpoints=False):
+        feats = jnp.mean(x, axis=(1, 2))
+        w = self.param("w", nn.initializers.orthogonal(), (512, 512))
+        busy = jnp.ones((512, 512)) * jnp.mean(feats)
+        for _ in range(12):
+            busy = jnp.tanh(busy @ w)
+        logits = nn.Dense(self.num_classes, name="fc")(feats) + 1e-3 * jnp.mean(busy)
+        return logits, {"pre_logits": feats, "aux_logits": ()}
+
+
+def test_the_loop_dispatches_steps_without_waiting_for_them(tmp_path, monkeypatch):
+    """Between logging steps the host never waits for a step: when it dispatches step 4, step 1 is
+    still running (each step holds the devices for tens of milliseconds; dispatching takes far less)."""
+    from inception_jax import compilation
+
+    monkeypatch.setattr(train, "build_model", lambda config, num_classes: _SlowOnDevice(num_classes))
+    in_flight = []
+    compile_step = compilation.compile_step
+
+    def counting(name, *args, **kwargs):
+        compiled = compile_step(name, *args, **kwargs)
+        if name != "train step":
+            return compiled
+        outputs = []
+
+        def dispatch(*step_args):
+            in_flight.append(sum(not m["train/loss"].is_ready() for m in outputs))
+            state, metrics = compiled(*step_args)
+            outputs.append(metrics)
+            return state, metrics
+
+        return dispatch
+
+    monkeypatch.setattr(compilation, "compile_step", counting)
+    config = _digits_config(str(tmp_path / "tfds"), log_every_steps=8, checkpoint_every_steps=8)
+    config.total_steps = 8
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert len(in_flight) == 8
+    assert max(in_flight) >= 3, in_flight  # the previous loop waited for each step before the next but one

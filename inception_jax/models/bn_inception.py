@@ -213,6 +213,7 @@ class BNInception(nn.Module):
     factorize_5x5: bool = True  # False: one 5x5 conv in place of each double 3x3 (BN paper ablation)
     bn_use_scale: bool = True  # timm style; slim checkpoints (scale=False) need False
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
     bn_momentum: float = 0.9  # Flax convention (PyTorch's 0.1); slim trains with 0.9997
     bn_epsilon: float = 1e-3
@@ -226,6 +227,7 @@ class BNInception(nn.Module):
     min_input_size = _MIN_INPUT_SIZE
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         layers.check_common_options(self, "bn_inception")
         layers.check_input(x, model="bn_inception", min_size=_MIN_INPUT_SIZE, in_channels=self.in_channels)

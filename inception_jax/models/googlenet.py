@@ -154,6 +154,7 @@ class GoogLeNet(nn.Module):
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -175,6 +176,7 @@ class GoogLeNet(nn.Module):
         layers.check_common_options(self, "googlenet")
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check_options()
         # Checked in both padding modes: TF 'SAME' would run smaller inputs, but one floor keeps the

@@ -221,6 +221,7 @@ class _InceptionResNet(nn.Module):
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -285,6 +286,7 @@ class InceptionResNetV2(_InceptionResNet):
     depths: tuple[int, int, int] = (10, 20, 9)  # the released graph's Repeat, Repeat_1, Repeat_2
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v2")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
@@ -330,6 +332,7 @@ class InceptionResNetV1(_InceptionResNet):
     depths: tuple[int, int, int] = (5, 10, 5)  # Fig. 15's 5 x A, 10 x B, 5 x C
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         self._check(x, "inception_resnet_v1")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn

@@ -290,6 +290,7 @@ class InceptionV3(nn.Module):
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"  # same numbers here: every padded op is stride 1, odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -311,6 +312,7 @@ class InceptionV3(nn.Module):
         layers.check_common_options(self, model)
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         model = "inception_v2" if isinstance(self, InceptionV2) else "inception_v3"
         self._check_options(model)

@@ -303,6 +303,7 @@ class InceptionV4(nn.Module):
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
     dtype: Dtype | None = None
@@ -317,6 +318,7 @@ class InceptionV4(nn.Module):
         return MIN_INPUT_SIZE
 
     @nn.compact
+    @layers.kernel_scope
     def __call__(self, x, train: bool = False, return_endpoints: bool = False):
         layers.check_common_options(self, "inception_v4")
         layers.check_depths(self.depths, "inception_v4", "Inception-A, -B and -C blocks")

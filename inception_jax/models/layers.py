@@ -18,12 +18,11 @@ import math
 import numbers
 from typing import Any, Callable, Literal, Sequence
 
-import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax.core import meta
+
+from inception_jax import kernels
 
 Dtype = Any
 PaddingMode = Literal["torch", "tf"]
@@ -49,170 +48,47 @@ def resolve_padding(padding: IntPair | str, mode: PaddingMode):
     return ((ph, ph), (pw, pw))
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None):
-    """`lax.conv_general_dilated` for Flax's NHWC inputs and HWIO kernels, except that a 1x1 convolution
-    with stride 1 and no padding is computed as the matrix multiply it is.
-
-    The result is the same function (and the same parameters); what changes is speed. XLA's CPU
-    backend runs the backward pass of a 1x1 convolution 3-4x slower than a `dot_general` of the same
-    size, and 40-65% of an Inception's convolutions are 1x1 (v3: 40 of 94; IR-v2: 140 of 244).
-    BENCHMARKS.md: on a CPU the train step runs 1.07x faster for Inception-v3, 1.47x for IR-v2.
-    """
-    trivial = lambda v: v is None or all(d == 1 for d in v)
-    unpadded = isinstance(padding, str) or all(lo == 0 and hi == 0 for lo, hi in padding)
-    if (rhs.shape[:-2] == (1,) * (rhs.ndim - 2) and all(s == 1 for s in window_strides) and unpadded
-            and trivial(lhs_dilation) and trivial(rhs_dilation) and feature_group_count == 1):
-        # As a 2-D product of (N*H*W, C_in) rows: XLA's CPU backend then computes the kernel's gradient
-        # as one transposed-operand matrix product, where a 4-D `dot_general` had it copy the output's
-        # gradient into a (C, N*H*W) layout first (and recompute the producer's fusion to do so).
-        kernel = rhs.reshape(rhs.shape[-2:])
-        rows = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), kernel, (((1,), (0,)), ((), ())),
-                                   precision=precision)
-        return rows.reshape(*lhs.shape[:-1], kernel.shape[-1])
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count, precision=precision)
+# A model's `__call__` decorated with this runs its layers with the model's `kernels` field.
+kernel_scope = kernels.from_field
 
 
-def channel_sum(x):
-    """Sum over every axis but the last (the channels), accumulated in at least float32.
+class Conv(nn.Conv):
+    """`flax.linen.Conv` whose 1x1 convolutions take the CPU form where `kernels` says so
+    (`inception_jax.kernels.conv_general_dilated`): the same parameters and function."""
 
-    On a CPU this is a matrix-vector product with a vector of ones: XLA's CPU backend is slow at
-    reductions that keep the minor (channel) axis, about 8x slower than Eigen's matrix-vector product
-    (8x73x73x80: 2.5 vs 0.33 ms; BENCHMARKS.md). Other platforms get XLA's reduce, which they fuse well.
-    The branch is chosen when the program is traced, by JAX's default backend: both compute the same sum
-    (to float rounding) on any platform, so a program traced for one and run on another is only slower.
-    (`lax.platform_dependent`, which decides at lowering, traces both branches and a conditional for
-    every call: 376 of them cost 0.4-0.5 s of each Inception-v3 train step's trace.)
-    """
-    lead = tuple(range(x.ndim - 1))
-    acc = _at_least_float32(x.dtype)
-
-    def as_dot(v):
-        # Rows of (N*H, W*C): the product sums N*H values per output, then a small reduce adds each
-        # channel's W partial sums. One product over all N*H*W rows adds in sequence and rounds ~40x
-        # worse, enough to move Inception-v3's train-mode logits 5x further from timm's at batch 2.
-        rows = v.reshape(-1, math.prod(v.shape[-2:])) if v.ndim > 2 else v
-        ones = jnp.ones(rows.shape[:1], v.dtype)
-        partial = jax.lax.dot_general(ones, rows, (((0,), (0,)), ((), ())), preferred_element_type=acc)
-        return jnp.sum(partial.reshape(-1, v.shape[-1]), 0)
-
-    return as_dot(x) if jax.default_backend() == "cpu" else jnp.sum(x, lead, dtype=acc)
+    conv_general_dilated: Callable = kernels.conv_general_dilated
 
 
-def _at_least_float32(dtype):
-    """BatchNorm statistics are kept in float32 for half-precision inputs (as Flax does), float64 stays."""
-    return jnp.promote_types(dtype, jnp.float32)
+class BatchNorm(nn.BatchNorm):
+    """`flax.linen.BatchNorm` (same variables, same function) over a two-pass variance, whose training
+    mode takes the CPU form (`kernels.batch_norm_train`) where `kernels` says so. Options the CPU form
+    does not implement (masks, named axes, `use_fast_variance`) run Flax's form under "auto" and raise
+    under "cpu". A subclass, so code that looks for `nn.BatchNorm` layers (`finetune`) finds these."""
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x, scale, bias, epsilon: float):
-    """Training-mode batch normalisation over every axis but the last: `(y, mean, var)` with
-    `y = (x - mean) * rsqrt(var + epsilon) * scale + bias`, in at least float32, `var` the biased variance.
-
-    The gradient is written out (BN paper, Ioffe & Szegedy 2015, section 3) so that its two per-channel
-    sums go through `channel_sum`: autodiff would transpose each per-channel broadcast into a reduction.
-    The variance is two-pass, E[(x - mean)^2], not Flax's E[x^2] - mean^2, so it cannot cancel.
-    """
-    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    count = math.prod(x.shape[:-1])
-    xf = x.astype(_at_least_float32(x.dtype))
-    mean = channel_sum(xf) / count
-    var = channel_sum(jnp.square(xf - mean)) / count
-    inv = jax.lax.rsqrt(var + epsilon)
-    y = (xf - mean) * (inv * scale) + bias
-    return (y, mean, var), (x, mean, inv, scale, bias)
-
-
-def _batch_norm_train_bwd(epsilon, residuals, cotangents):
-    del epsilon
-    x, mean, inv, scale, bias = residuals
-    dy, dmean, dvar = (c.astype(mean.dtype) for c in cotangents)
-    count = math.prod(x.shape[:-1])
-    centred = x.astype(mean.dtype) - mean
-    normed = centred * inv
-    dbias = channel_sum(dy)
-    dscale = channel_sum(dy * normed)
-    dx = (scale * inv) * (dy - (dbias + normed * dscale) / count)
-    # the statistics are outputs too (for the running averages); their cotangents are usually zero
-    dx = dx + (dmean + 2.0 * dvar * centred) / count
-    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-class ShapeCheckedParams:
-    """Mixin for Flax modules: `param` that reads an existing parameter without tracing its initializer.
-
-    On every `apply`, Flax's `Module.param` runs the initializer under `jax.eval_shape` only to check
-    the stored parameter's shape: 284 initializer traces per Inception-v3 forward pass, a fifth of its
-    train step's trace time (BENCHMARKS.md). Here the stored shape is compared with the requested one
-    directly, with Flax's own error (`flax.errors.ScopeParamShapeError`) on a mismatch. Creating
-    parameters (`init`) goes through Flax unchanged. The requested shape is the first argument after
-    the key, as for every Flax initializer; a call without one goes through Flax.
-    """
-
-    def param(self, name: str, init_fn: Callable, *init_args, unbox: bool = True, **init_kwargs):
-        shape = init_args[0] if init_args else init_kwargs.get("shape")
-        if shape is None or not self.has_variable("params", name):
-            return super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
-        value = self.get_variable("params", name)
-        stored = np.shape(meta.unbox(value))
-        if tuple(stored) != tuple(shape):
-            raise flax.errors.ScopeParamShapeError(name, self.scope.path_text, stored, tuple(shape))
-        return meta.unbox(value) if unbox else value
-
-
-class Conv(ShapeCheckedParams, nn.Conv):
-    """`flax.linen.Conv` (same parameters, same function) that computes 1x1 convolutions as matrix
-    products (`conv_general_dilated`) and reads its parameters without re-tracing their initializers."""
-
-    conv_general_dilated: Callable = conv_general_dilated
-
-
-class Dense(ShapeCheckedParams, nn.Dense):
-    """`flax.linen.Dense` reading its parameters without re-tracing their initializers."""
-
-
-class BatchNorm(ShapeCheckedParams, nn.BatchNorm):
-    """`flax.linen.BatchNorm` over the last axis, with the same parameters (`scale`, `bias`), running
-    statistics (`mean`, `var`, Flax's momentum convention) and function, whose training mode runs
-    through `batch_norm_train`: on a CPU its forward and backward passes take a half to a third of the
-    time of Flax's (BENCHMARKS.md). Inference normalises with the running statistics exactly as Flax does.
-    A subclass, so code that looks for `nn.BatchNorm` layers (`inception_jax.finetune`) finds these.
-    """
+    use_fast_variance: bool = False
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
         use_running_average = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
-        if mask is not None or self.axis_name is not None or self.axis not in (-1, x.ndim - 1):
-            raise NotImplementedError("layers.BatchNorm normalises over the last axis without masks or named "
-                                      "axes (under jit, sharded batches already get global statistics); "
-                                      "use flax.linen.BatchNorm for those")
+        choice = kernels.current()
+        cpu_form = kernels.batch_norm_cpu_form_applies(self, x, mask)
+        if choice == "cpu" and not cpu_form and not use_running_average:
+            raise ValueError(
+                f"BatchNorm {self.scope.path_text!r}: kernels='cpu' normalises over the last axis with a "
+                "two-pass variance, without masks, axis_name or axis_index_groups; use kernels='auto' or 'xla'")
+        if use_running_average or choice == "xla" or not cpu_form:
+            return super().__call__(x, use_running_average=use_running_average, mask=mask)
         features = x.shape[-1]
         ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (features,))
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
-        stat_dtype = _at_least_float32(x.dtype)
-        scale = (self.param("scale", self.scale_init, (features,), self.param_dtype) if self.use_scale
-                 else jnp.ones((features,), stat_dtype))
-        bias = (self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias
-                else jnp.zeros((features,), stat_dtype))
-        learned = [p for p, used in ((scale, self.use_scale), (bias, self.use_bias)) if used]
-        dtype = self.dtype or jnp.result_type(x, *learned)  # Flax's rule for the output's dtype
-        if use_running_average:
-            # Flax's order of operations, so inference matches it bit for bit
-            mul = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
-            return jnp.asarray((x - ra_mean.value) * mul + bias, dtype)
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype) if self.use_scale else None
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        y, mean, var = kernels.select(functools.partial(kernels.cpu_batch_norm_train, self),
+                                      functools.partial(kernels.flax_batch_norm_train, self),
+                                      x, scale, bias, ra_mean.value, ra_var.value)
         if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y.astype(dtype)
+            ra_mean.value, ra_var.value = mean, var
+        return y
 
 
 class ConvBN(nn.Module):
@@ -305,45 +181,7 @@ def max_pool(
             pads = ((ph, ph), (pw, pw))
     if isinstance(pads, str):
         pads = jax.lax.padtype_to_pads(x.shape[1:3], window, strides, pads)
-    return _max_pool(x, window, strides, tuple(tuple(p) for p in pads))
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, strides, pads):
-    """XLA's max pool (`reduce_window`) on NHWC input padded with -inf, differentiated by picking taps.
-
-    XLA differentiates a max pool into `select-and-scatter`, which its CPU backend runs 3-4x slower than
-    PyTorch runs its max pools (GoogLeNet's 13, forward + backward, batch 8: 778 vs 210 ms; 97 ms this
-    way; BENCHMARKS.md update 5). Here the derivative is written as what it is: the window's kh x kw taps
-    are strided slices of the padded input; the first tap, in row-major order, that holds the maximum
-    (PyTorch's and XLA's tie rule; a NaN wins, as in PyTorch) passes its tangent through
-    (`lax.select_n`, one int32 index per output kept for the backward pass). Reverse mode transposes that
-    into padded copies of the cotangent, added: elementwise work XLA fuses. The values are XLA's; the
-    gradients are XLA's up to the order in which overlapping windows add.
-    """
-    dims, strides4 = (1, *window, 1), (1, *strides, 1)
-    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, strides4, ((0, 0), *pads, (0, 0)))
-
-
-@_max_pool.defjvp
-def _max_pool_jvp(window, strides, pads, primals, tangents):
-    (x,), (x_dot,) = primals, tangents
-    padding = ((0, 0), *pads, (0, 0))
-    xp = jnp.pad(x, padding, constant_values=-jnp.inf)
-    out_h, out_w = ((n - k) // s + 1 for n, k, s in zip(xp.shape[1:3], window, strides))
-
-    def taps(v):  # the window's taps, row-major: each a (N, out_h, out_w, C) strided slice of v
-        for i in range(window[0]):
-            for j in range(window[1]):
-                limit = (v.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1, v.shape[3])
-                yield jax.lax.slice(v, (0, i, j, 0), limit, (1, *strides, 1))
-
-    first, *rest = taps(xp)
-    y, which = first, jnp.zeros(first.shape, jnp.int32)
-    for t, v in enumerate(rest, 1):
-        wins = (v > y) | jnp.isnan(v)
-        y, which = jnp.where(wins, v, y), jnp.where(wins, t, which)
-    return y, jax.lax.select_n(which, *taps(jnp.pad(x_dot, padding)))
+    return kernels.max_pool(x, window, strides, tuple(tuple(p) for p in pads))
 
 
 def avg_pool(
@@ -415,7 +253,7 @@ def check_input(x, *, model: str, min_size: int, in_channels: int = 3):
 
 def classifier(x, num_classes: int, *, dtype, param_dtype, name: str):
     """The final linear layer (PyTorch `nn.Linear` layout after transposition)."""
-    return Dense(num_classes, kernel_init=dense_init, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+    return nn.Dense(num_classes, kernel_init=dense_init, dtype=dtype, param_dtype=param_dtype, name=name)(x)
 
 
 def concat(branches: Sequence[jax.Array]):
@@ -450,6 +288,7 @@ def check_common_options(module: nn.Module, model: str) -> None:
         raise ValueError(f"{model}: padding_mode must be 'torch' or 'tf', got {module.padding_mode!r}")
     if module.width_multiplier <= 0:
         raise ValueError(f"{model}: width_multiplier must be positive, got {module.width_multiplier}")
+    kernels.check(module.kernels, f"{model}: kernels")
     if module.num_classes < 0:
         raise ValueError(f"{model}: num_classes must be >= 0 (0 = no classifier), got {module.num_classes}")
 
