@@ -118,7 +118,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
-def imagenet_recipe(c: ml_collections.ConfigDict, *, dataset: str = "imagenet2012") -> None:
+def imagenet_data(c: ml_collections.ConfigDict, dataset: str = "imagenet2012") -> None:
     """Data settings shared by the ImageNet configs; imagenette is a drop-in (320px, 10 classes)."""
     c.dataset.name = dataset
     c.dataset.train_split = "train"
@@ -128,6 +128,109 @@ def imagenet_recipe(c: ml_collections.ConfigDict, *, dataset: str = "imagenet201
     c.log_every_steps = 100
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 1000
+
+
+def imagenet_config(arg: str | None, recipe, **recipe_args) -> ml_collections.ConfigDict:
+    """An ImageNet config: `recipe(c, **args)` on the ImageNet data settings. `arg` (the part after
+    `:` in `--config=configs/x.py:...`) sets the recipe's own keys and the shared ones: `dataset`
+    (imagenet2012, or imagenette for a quick check), `bf16` (bfloat16 compute for GPUs and TPUs; the
+    parameters, BatchNorm statistics, loss and optimizer stay float32) and `runlocal` (tiny, for a smoke run)."""
+    args = parse_arg(arg, dataset="imagenet2012", bf16=False, runlocal=False, **recipe_args)
+    c = base_config()
+    imagenet_data(c, args.dataset)
+    recipe(c, **{key: args[key] for key in recipe_args})
+    if args.bf16:
+        c.model.dtype = "bfloat16"
+    if args.runlocal:
+        shrink_for_local_run(c)
+    return c
+
+
+# --- the papers' recipes (REFERENCES.md §2) ----------------------------------------------------------
+
+
+def googlenet_2014(c: ml_collections.ConfigDict, paper: bool = False) -> None:
+    """GoogLeNet (Szegedy et al. 2015, section 6): SGD momentum 0.9, learning rate x0.96 every 8
+    epochs, Polyak averaging, two aux heads weighted 0.3 (section 5). The paper gives no base rate;
+    0.01 at batch 256 is Caffe's bvlc_googlenet choice scaled. `paper`: the 2014 network (true 5x5
+    branches, LRN instead of BatchNorm, dropout 0.4)."""
+    c.model.name = "googlenet"
+    c.model.aux_logits = True
+    if paper:
+        c.model.branch3_kernel = 5
+        c.model.norm = "lrn"
+        c.model.dropout_rate = 0.4
+    c.batch_size, c.eval_batch_size, c.num_epochs = 256, 500, 90.0
+    c.optimizer.name, c.optimizer.momentum, c.optimizer.weight_decay = "sgd", 0.9, 2e-4
+    _exponential(c, 0.01, 0.96, 8.0)
+    c.aux_loss_weights = (0.3, 0.3)
+    c.ema_decay = 0.9999
+
+
+def bn_inception_2015(c: ml_collections.ConfigDict) -> None:
+    """BN-Inception's "BN-x30" (Ioffe & Szegedy 2015, section 4.2): learning rate 0.045, decay 6x
+    faster than the Inception baseline, weight decay / 5, no dropout, fewer photometric distortions."""
+    c.model.name = "bn_inception"
+    c.model.dropout_rate = 0.0
+    c.input.color_distortion = False
+    c.batch_size, c.eval_batch_size, c.num_epochs = 256, 500, 60.0
+    c.optimizer.name, c.optimizer.momentum, c.optimizer.weight_decay = "sgd", 0.9, 4e-5 / 5
+    _exponential(c, 0.045, 0.96, 8.0 / 6.0)
+
+
+def rethinking_2016(c: ml_collections.ConfigDict, model: str = "inception_v3") -> None:
+    """Rethinking the Inception Architecture (Szegedy et al. 2016, section 8, Table 3): learning rate
+    0.045 x0.94 every 2 epochs, clipping at 2.0, Polyak averaging, batch 32 x 50 replicas with
+    per-replica BatchNorm, the aux head weighted 0.4 (TF-slim). `inception_v3` adds Table 3's RMSProp
+    (decay 0.9, epsilon 1.0) and label smoothing 0.1 to `inception_v2`'s momentum SGD."""
+    if model not in ("inception_v3", "inception_v2"):
+        raise ValueError(f"configs/inception_v3.py: model={model!r}; the Rethinking recipe trains "
+                         "inception_v3 or inception_v2")
+    c.model.name = model
+    c.model.aux_logits = True
+    c.model.dropout_rate = 0.2  # TF-slim's keep_prob 0.8 (REFERENCES.md §1.2)
+    c.batch_size, c.eval_batch_size, c.num_epochs = 1600, 1000, 100.0
+    if model == "inception_v3":
+        c.optimizer.name, c.optimizer.rms_decay, c.optimizer.momentum, c.optimizer.eps = "rmsprop", 0.9, 0.9, 1.0
+        c.label_smoothing = 0.1
+    else:
+        c.optimizer.name, c.optimizer.momentum = "sgd", 0.9
+        c.label_smoothing = 0.0
+    c.optimizer.weight_decay = 4e-5
+    _exponential(c, 0.045, 0.94, 2.0)
+    c.grad_clip_norm = 2.0
+    c.aux_loss_weights = (0.4,)
+    c.ema_decay = 0.9999
+    c.bn_statistics = "per_device"
+
+
+def inception_v4_2017(c: ml_collections.ConfigDict, model: str = "inception_v4") -> None:
+    """Inception-v4 and Inception-ResNet (Szegedy et al. 2017, section 4): RMSProp (decay 0.9,
+    epsilon 1.0), learning rate 0.045 x0.94 every 2 epochs, clipping (the paper names no threshold;
+    v3's 2.0), Polyak averaging, batch 32 x 20 replicas; label smoothing 0.1 and an aux head weighted
+    0.4 as TF-slim trains them (IR-v1 has no aux head in any reference)."""
+    if model not in ("inception_v4", "inception_resnet_v2", "inception_resnet_v1"):
+        raise ValueError(f"configs/inception_v4.py: model={model!r}; the v4 paper's recipe trains "
+                         "inception_v4, inception_resnet_v2 or inception_resnet_v1")
+    c.model.name = model
+    c.model.aux_logits = model != "inception_resnet_v1"
+    c.model.dropout_rate = 0.2  # TF-slim keep_prob 0.8
+    c.batch_size, c.eval_batch_size, c.num_epochs = 640, 640, 100.0
+    c.optimizer.name = "rmsprop"
+    _exponential(c, 0.045, 0.94, 2.0)
+    c.grad_clip_norm = 2.0
+    c.label_smoothing = 0.1
+    c.aux_loss_weights = (0.4,) if c.model.aux_logits else ()
+    c.ema_decay = 0.9999
+    c.bn_statistics = "per_device"
+
+
+def _exponential(c, base: float, rate: float, every_epochs: float) -> None:
+    c.schedule.name = "exponential"
+    c.schedule.base_learning_rate = base
+    c.schedule.decay_rate = rate
+    c.schedule.decay_epochs = every_epochs
+    c.schedule.staircase = True
 
 
 def shrink_for_local_run(c: ml_collections.ConfigDict) -> None:

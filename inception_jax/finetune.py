@@ -141,6 +141,10 @@ def make_plan(config, model: nn.Module, image_size: int) -> Plan:
                          "to hold the backbone fixed use config.trainable='head'")
     kind, arg = parse_trainable(config.get("trainable", "all"))
     frozen: frozenset[str] = frozenset()
+    if kind in ("last", "names") and getattr(model, "scan_blocks", False):
+        raise ValueError(f"config.trainable={config.get('trainable')!r} picks blocks, but with "
+                         "config.model.scan_blocks=True each stage's blocks are one module; fine-tune with "
+                         "scan_blocks=False (init_from loads weights of either layout)")
     if kind != "all":
         blocks = blocks_in_order(model, image_size)
         if kind == "head":

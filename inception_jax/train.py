@@ -34,7 +34,7 @@ from inception_jax import checkpoint as ckpt_lib
 from inception_jax import compilation, finetune, kernels
 from inception_jax import losses, metrics as metrics_lib, optim, parallel
 from inception_jax import validation
-from inception_jax.models import registry
+from inception_jax.models import registry, stacking
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         start_step = 0
         state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
         if config.init_from:
-            state = _load_init_from(config, state, replicated)
+            state = _load_init_from(config, model, state, replicated)
     if not config.eval_only:  # records past the restored step (all, when starting over) are rewritten
         writer.truncate_after(start_step)
     if is_main:
@@ -529,8 +529,8 @@ def _summarise(pending: list[dict]) -> dict[str, float]:
     return out
 
 
-def _load_init_from(config, state: TrainState, replicated) -> TrainState:
-    loaded = ckpt_lib.load_init_variables(config.init_from)
+def _load_init_from(config, model, state: TrainState, replicated) -> TrainState:
+    loaded = stacking.to_layout(ckpt_lib.load_init_variables(config.init_from), model)  # either block layout
     host = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     merged, reinit = ckpt_lib.merge_init_variables(host, loaded)
     if reinit:

@@ -187,17 +187,25 @@ def check_workdir(workdir: str) -> None:
 
 def check_resume(config, workdir: str) -> None:
     """A workdir with checkpoints resumes from them, so an `init_from` it did not start from would be
-    silently ignored: refuse that instead. The same `init_from` (a restarted fine-tuning job) is fine."""
+    silently ignored: refuse that instead. The same `init_from` (a restarted fine-tuning job) is fine.
+    Its checkpoints hold the block layout they were written in (`model.scan_blocks`): refuse another."""
     ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    if not config.init_from or not os.path.isdir(ckpt_dir):
-        return
-    if not any(name.isdigit() for name in os.listdir(ckpt_dir)):
+    if not os.path.isdir(ckpt_dir) or not any(name.isdigit() for name in os.listdir(ckpt_dir)):
         return
     try:
         with open(os.path.join(workdir, CONFIG_FILE)) as f:
-            started_from = json.load(f).get("init_from")
+            saved = json.load(f)
     except (OSError, ValueError):
-        started_from = None
+        saved = {}
+    scanned, now = bool(saved.get("model", {}).get("scan_blocks", False)), bool(config.model.get("scan_blocks", False))
+    if saved and scanned != now:
+        raise ConfigError(
+            f"config.model.scan_blocks={now} but the checkpoints in {ckpt_dir} were written with "
+            f"scan_blocks={scanned}; resume with --config.model.scan_blocks={scanned}, or start a new --workdir "
+            f"with --config.init_from={workdir} (init_from converts between the layouts).")
+    if not config.init_from:
+        return
+    started_from = saved.get("init_from")
     if started_from != config.init_from:
         raise ConfigError(
             f"config.init_from={config.init_from!r} conflicts with the checkpoints already in {ckpt_dir} "

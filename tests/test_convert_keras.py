@@ -35,6 +35,7 @@ from inception_jax import convert
 from inception_jax.convert import WeightMismatchError, from_keras, keras_model_options
 from inception_jax.convert import __main__ as convert_cli
 from inception_jax.convert import keras_weights
+from inception_jax.models import stacking
 from reference_models import assert_float32_as_exact_as_reference, assert_logits_close
 
 KERAS_BACKEND = "tensorflow"
@@ -210,6 +211,9 @@ def test_inception_resnet_v2_legacy_h5_gives_the_same_variables(keras_files, irv
     model, variables = from_keras("inception_resnet_v2", keras_files / "irv2_299_legacy.h5")
     assert model == irv2[0]
     assert_same_tree(variables, irv2[1])
+    scanned, stacked = from_keras("inception_resnet_v2", keras_files / "irv2_299_legacy.h5", scan_blocks=True)
+    assert scanned.scan_blocks and "repeat_0-9" in stacked["params"]
+    assert_same_tree(stacking.to_layout(stacked, model), irv2[1])
 
 
 @pytest.mark.parametrize("name", keras_weights.SUPPORTED)

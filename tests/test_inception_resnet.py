@@ -25,7 +25,7 @@ from reference_models import (assert_float32_as_exact_as_reference, assert_logit
                               torch, torch_state_dict)
 
 from inception_jax.convert import from_torch
-from inception_jax.models import profile, registry
+from inception_jax.models import profile, registry, stacking
 
 timm = pytest.importorskip("timm")
 
@@ -161,6 +161,12 @@ def test_every_timm_tensor_has_a_home(timm_ir2, variables):
     np.testing.assert_array_equal(p["repeat_0"]["conv2d"]["bias"], state["repeat.0.conv2d.bias"])
     np.testing.assert_array_equal(p["block8"]["conv2d"]["bias"], state["block8.conv2d.bias"])
     assert "bn" not in p["repeat_2_0"]["conv2d"]  # the "up" conv: biased, no BatchNorm
+    # For a model with scanned stages, each stage's blocks arrive stacked in block order.
+    stacked = from_torch("inception_resnet_v2", state, scan_blocks=True)
+    np.testing.assert_array_equal(stacked["params"]["repeat_1_0-19"]["block"]["branch0"]["conv"]["kernel"][7],
+                                  state["repeat_1.7.branch0.conv.weight"].transpose(2, 3, 1, 0))
+    unrolled = registry.create_model("inception_resnet_v2")
+    jax.tree.map(np.testing.assert_array_equal, stacking.to_layout(stacked, unrolled), variables)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -75,11 +75,12 @@ def _exported_steps(config, platform: str, platforms: tuple[str, ...], *, eval_s
 @pytest.mark.parametrize("name", registry.list_models())
 def test_every_step_lowers_for_gpu_and_tpu_with_xlas_operations(name):
     """The plain step (global BatchNorm, float32) with the eval step, and the papers' distributed recipe
-    (per-device BatchNorm, 2 micro-batches, EMA, clipping) in bfloat16: for cuda and tpu together, with
-    XLA's max-pool derivative and none of the CPU forms."""
+    (per-device BatchNorm, 2 micro-batches, EMA, clipping) in bfloat16, with scanned stages where the
+    variant has them: for cuda and tpu together, with XLA's max-pool derivative and none of the CPU forms."""
     plain, evaluate = _exported_steps(_config(name), "cuda", ACCELERATORS, eval_step=True)
+    scan = {"model__scan_blocks": True} if "scan_blocks" in registry.model_options(name) else {}
     recipe, = _exported_steps(_config(name, bn_statistics="per_device", grad_accum_steps=2, ema_decay=0.999,
-                                      model__dtype="bfloat16"), "tpu", ACCELERATORS, eval_step=False)
+                                      model__dtype="bfloat16", **scan), "tpu", ACCELERATORS, eval_step=False)
     assert plain.platforms == recipe.platforms == ACCELERATORS
     texts = {what: e.mlir_module() for what, e in (("plain", plain), ("eval", evaluate), ("recipe", recipe))}
     for text in texts.values():

@@ -27,8 +27,9 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # tests first), so the xdist workers finish together. The digits tests (resume, NaN, init_from) are
 # defined before the config test and so run before it, on the same worker: they share one compiled
 # program, which the first of them compiles.
-VARIANT_CONFIGS = ["inception_v3", "inception_v2", "inception_v4", "inception_resnet_v2", "bn_inception",
-                   "googlenet", "inception_resnet_v1"]
+VARIANT_CONFIGS = [("inception_v3", "inception_v3"), ("inception_v3", "inception_v2"), ("inception_v4", "inception_v4"),
+                   ("inception_v4", "inception_resnet_v2"), ("bn_inception", "bn_inception"),
+                   ("googlenet", "googlenet"), ("inception_v4", "inception_resnet_v1")]
 
 
 def load_config(name: str, arg: str | None = None):
@@ -216,9 +217,11 @@ def test_init_from_reinitialises_only_the_classifier(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", VARIANT_CONFIGS)
-def test_every_config_trains_two_steps_and_evaluates(name, tmp_path):
-    config = load_config(name, "runlocal")
+@pytest.mark.parametrize("config_file, name", VARIANT_CONFIGS, ids=[m for _, m in VARIANT_CONFIGS])
+def test_every_config_trains_two_steps_and_evaluates(config_file, name, tmp_path):
+    arg = "runlocal" if config_file == name else f"runlocal,model={name}"
+    config = load_config(config_file, arg)
+    assert config.model.name == name
     config.total_steps = 2
     config.num_epochs = 0.0
     config.checkpoint_every_steps = 2

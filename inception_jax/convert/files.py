@@ -61,9 +61,9 @@ def load_variables(path: str | os.PathLike):
     Returns `(model, variables)`: the module built with the stored name and options, and its variables,
     ready for `model.apply(variables, images, train=False)`.
     """
-    from inception_jax.models import registry
+    from inception_jax.models import registry, stacking
 
     payload = _read_payload(os.fspath(path))
     options = json.loads(payload["options"])
     model = registry.create_model(payload["model"], **options)
-    return model, payload["variables"]
+    return model, stacking.to_layout(payload["variables"], model)

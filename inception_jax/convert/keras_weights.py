@@ -32,7 +32,7 @@ import numpy as np
 from flax import traverse_util
 
 from inception_jax.convert.torch_weights import WeightMismatchError, listing
-from inception_jax.models import registry
+from inception_jax.models import registry, stacking
 
 SUPPORTED = ("inception_v3", "inception_resnet_v2")
 _KERAS_CLASS = {"inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2"}
@@ -410,7 +410,9 @@ def from_keras(name: str, path: str | os.PathLike, **overrides):
     _check_name(name)
     layers = read_keras_file(path)
     options = {**keras_model_options(name), "num_classes": _file_num_classes(layers), **overrides}
-    model = registry.create_model(name, **options)
+    wanted = registry.create_model(name, **options)
+    # Keras names every block: map onto the per-block layout, then stack if the model scans.
+    model = wanted.clone(scan_blocks=False) if getattr(wanted, "scan_blocks", False) else wanted
     size = registry.data_config(name).input_size
     target = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, size, size, model.in_channels), np.float32))
@@ -439,7 +441,7 @@ def from_keras(name: str, path: str | os.PathLike, **overrides):
         counts = _counts(layers), _counts(graph.slots.values())
         raise WeightMismatchError(_report(name, options, counts, unexpected, missing, mismatched, misplaced))
     variables = traverse_util.unflatten_dict(converted)
-    return model, {k: variables.get(k, {}) for k in ("params", "batch_stats")}
+    return wanted, stacking.to_layout({k: variables.get(k, {}) for k in ("params", "batch_stats")}, wanted)
 
 
 def _counts(layers) -> dict[str, int]:

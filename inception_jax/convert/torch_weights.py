@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from inception_jax.models import registry
+from inception_jax.models import registry, stacking
 
 _DROPPED_SUFFIXES = ("num_batches_tracked",)
 
@@ -117,7 +117,9 @@ def from_torch(name: str, source, *, drop_aux: bool = False, **model_overrides) 
     Returns `{"params": ..., "batch_stats": ...}` of float32 numpy arrays.
     """
     entry = registry.get_entry(name)
-    model = registry.create_model(name, **model_overrides)
+    wanted = registry.create_model(name, **model_overrides)
+    # The state_dict names every block: map onto the per-block layout, then stack if the model scans.
+    model = wanted.clone(scan_blocks=False) if getattr(wanted, "scan_blocks", False) else wanted
     state = load_torch_state_dict(source)
     if entry.torch_fixup is not None:
         state = entry.torch_fixup(state)
@@ -148,7 +150,7 @@ def from_torch(name: str, source, *, drop_aux: bool = False, **model_overrides) 
     if unexpected or missing or mismatched:
         raise WeightMismatchError(_mismatch_report(name, model_overrides, unexpected, missing, mismatched))
     variables = traverse_util.unflatten_dict(converted)
-    return {k: variables.get(k, {}) for k in ("params", "batch_stats")}
+    return stacking.to_layout({k: variables.get(k, {}) for k in ("params", "batch_stats")}, wanted)
 
 
 def _is_aux_key(key: str) -> bool:

@@ -53,7 +53,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from inception_jax.models import layers
+from inception_jax.models import layers, stacking
 from inception_jax.models.inception_v4 import (
     MIN_INPUT_SIZE,
     ReductionA,
@@ -221,6 +221,7 @@ class _InceptionResNet(nn.Module):
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    scan_blocks: bool = False  # each stage's identical blocks as one nn.scan (models/stacking.py): faster compiles
     kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
@@ -252,6 +253,16 @@ class _InceptionResNet(nn.Module):
         x = max_pool_3x3_s2(x, self.padding_mode)  # maxpool_3a
         x = endpoint("conv2d_3b", conv(80, 1, name="conv2d_3b")(x, train))
         return endpoint("conv2d_4a", conv(192, 3, name="conv2d_4a")(x, train))
+
+    def block_groups(self) -> list[list[str]]:
+        """The names of the 35x35, 17x17 and 8x8 residual blocks (`stacking`: scanned as one module each);
+        IR-v2's final `block8`, without ReLU, is not one of them."""
+        n35, n17, n8 = self.depths
+        return [stacking.block_names("repeat_", 0, n35), stacking.block_names("repeat_1_", 0, n17),
+                stacking.block_names("repeat_2_", 0, n8)]
+
+    def _repeat(self, block, names, x, train):
+        return stacking.run_blocks(block, names, x, train, scan=self.scan_blocks)
 
     def _aux(self, conv, x, train, aux: list):
         if self.num_aux_heads and (train or self.is_initializing()):
@@ -291,7 +302,6 @@ class InceptionResNetV2(_InceptionResNet):
         self._check(x, "inception_resnet_v2")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
-        n35, n17, n8 = self.depths
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
         endpoint = _endpoint_recorder(out, return_endpoints)
@@ -301,17 +311,15 @@ class InceptionResNetV2(_InceptionResNet):
         x = max_pool_3x3_s2(x, pm)  # maxpool_5a
         r = functools.partial(layers.remat_if, enabled=self.remat)
         x = endpoint("mixed_5b", r(Mixed5b)(conv, pm, self.avg_pool_count_include_pad, name="mixed_5b")(x, train))
-        for i in range(n35):
-            x = r(Block35)((32, 32, 32, 32, 48, 64), s35, conv, **dt, name=f"repeat_{i}")(x, train)
+        blocks35, blocks17, blocks8 = self.block_groups()
+        x = self._repeat(functools.partial(r(Block35), (32, 32, 32, 32, 48, 64), s35, conv, **dt), blocks35, x, train)
         x = endpoint("repeat", x)
         x = endpoint("mixed_6a", r(ReductionA)(256, 256, 384, 384, conv, pm, name="mixed_6a")(x, train))
-        for i in range(n17):
-            x = r(Block17)((192, 128, 160, 192), s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
+        x = self._repeat(functools.partial(r(Block17), (192, 128, 160, 192), s17, conv, f, **dt), blocks17, x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)  # slim's PreAuxLogits
         x = endpoint("mixed_7a", r(ReductionB)((384, 288, 288, 320), conv, pm, name="mixed_7a")(x, train))
-        for i in range(n8):
-            x = r(Block8)((192, 192, 224, 256), s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
+        x = self._repeat(functools.partial(r(Block8), (192, 192, 224, 256), s8, conv, True, f, **dt), blocks8, x, train)
         x = endpoint("repeat_2", x)
         x = endpoint("block8", r(Block8)((192, 192, 224, 256), 1.0, conv, False, f, **dt, name="block8")(x, train))
         x = endpoint("conv2d_7b", conv(1536, 1, name="conv2d_7b")(x, train))
@@ -337,7 +345,6 @@ class InceptionResNetV1(_InceptionResNet):
         self._check(x, "inception_resnet_v1")
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         s35, s17, s8 = self.residual_scales
-        n35, n17, n8 = self.depths
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out: dict[str, Any] = {}
         endpoint = _endpoint_recorder(out, return_endpoints)
@@ -346,17 +353,15 @@ class InceptionResNetV1(_InceptionResNet):
         x = self._stem(conv, x, train, endpoint)
         r = functools.partial(layers.remat_if, enabled=self.remat)
         x = endpoint("conv2d_4b", conv(256, 3, strides=2, name="conv2d_4b")(x, train))  # Fig. 14: 35x35x256
-        for i in range(n35):
-            x = r(Block35)((32,) * 6, s35, conv, **dt, name=f"repeat_{i}")(x, train)
+        blocks35, blocks17, blocks8 = self.block_groups()
+        x = self._repeat(functools.partial(r(Block35), (32,) * 6, s35, conv, **dt), blocks35, x, train)
         x = endpoint("repeat", x)
         x = endpoint("mixed_6a", r(ReductionA)(192, 192, 256, 384, conv, pm, name="mixed_6a")(x, train))  # 17x17x896
-        for i in range(n17):
-            x = r(Block17)((128,) * 4, s17, conv, f, **dt, name=f"repeat_1_{i}")(x, train)
+        x = self._repeat(functools.partial(r(Block17), (128,) * 4, s17, conv, f, **dt), blocks17, x, train)
         x = endpoint("repeat_1", x)
         self._aux(conv, x, train, aux)
         x = endpoint("mixed_7a", r(ReductionB)((384, 256, 256, 256), conv, pm, name="mixed_7a")(x, train))  # 8x8x1792
-        for i in range(n8):
-            x = r(Block8)((192,) * 4, s8, conv, True, f, **dt, name=f"repeat_2_{i}")(x, train)
+        x = self._repeat(functools.partial(r(Block8), (192,) * 4, s8, conv, True, f, **dt), blocks8, x, train)
         x = endpoint("repeat_2", x)
         logits = layers.classifier_head(self, x, train, out, "classif")
         out["aux_logits"] = tuple(aux)

@@ -42,13 +42,12 @@ Options beyond the family's common ones:
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from inception_jax.models import layers
+from inception_jax.models import layers, stacking
 from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
@@ -289,7 +288,8 @@ class InceptionV4(nn.Module):
     `aux_logits=False`). With `return_endpoints=True`, `out` also holds every stage's output, in
     network order, named after its module: `features_0` ... `features_21` (timm's feature_info taps are
     `features_2` (stride 2), `features_3` (4), `features_9` (8), `features_17` (16), `features_21` (32);
-    at the default `depths`).
+    at the default `depths`). With `scan_blocks`, a stage of repeated blocks has one endpoint, its last
+    block's name.
     """
 
     num_classes: int = 1000
@@ -303,6 +303,7 @@ class InceptionV4(nn.Module):
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
+    scan_blocks: bool = False  # each stage's identical blocks as one nn.scan (models/stacking.py): faster compiles
     kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
     padding_mode: PaddingMode = "torch"  # identical here: every padded op is stride 1 with an odd kernel
     in_channels: int = 3
@@ -325,36 +326,47 @@ class InceptionV4(nn.Module):
         layers.check_input(x, model="inception_v4", min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
         conv, pm, f = layers.bound_conv(self), self.padding_mode, self.factorize_nxn
         cip = self.avg_pool_count_include_pad
-        n_a, n_b, n_c = self.depths
-        names = (f"features_{i}" for i in itertools.count())  # timm's `features` Sequential index
         r = functools.partial(layers.remat_if, enabled=self.remat)
-        trunk = [
-            conv(32, 3, strides=2, name=next(names)),  # stem (Fig. 3)
-            conv(32, 3, name=next(names)),
-            conv(64, 3, padding=1, name=next(names)),
-            r(Mixed3a)(conv, pm, name=next(names)),
-            r(Mixed4a)(conv, f, name=next(names)),
-            r(Mixed5a)(conv, pm, name=next(names)),
-            *(r(InceptionA)(conv, pm, cip, name=next(names)) for _ in range(n_a)),  # Mixed_5b..e
-            r(ReductionA)(192, 224, 256, 384, conv, pm, name=next(names)),  # Mixed_6a
-            *(r(InceptionB)(conv, f, pm, cip, name=next(names)) for _ in range(n_b)),  # Mixed_6b..h
-            r(ReductionB)(conv, f, pm, name=next(names)),  # Mixed_7a
-            *(r(InceptionC)(conv, f, pm, cip, name=next(names)) for _ in range(n_c)),  # Mixed_7b..d
-        ]
-        aux_after = trunk[6 + n_a + n_b]  # Mixed_6h, the last Inception-B
+        blocks_a, blocks_b, blocks_c = self.block_groups()
         out: dict[str, Any] = {}
         aux = []
-        for module in trunk:
-            x = module(x, train)
+
+        def endpoint(name, x):
             if return_endpoints:
-                out[module.name] = x
-            if module is aux_after and self.num_aux_heads and (train or self.is_initializing()):
-                logits = SlimAuxHead(self.num_classes, conv, self.dtype, self.param_dtype, name="AuxLogits")(x, train)
-                if train:
-                    aux.append(logits)
+                out[name] = x
+            return x
+
+        def run(module, x):
+            return endpoint(module.name, module(x, train))
+
+        def repeat(block, names, x):
+            return stacking.run_blocks(block, names, x, train, scan=self.scan_blocks, endpoint=endpoint)
+
+        # timm's `features` Sequential, indexed features_0 ... (stem: Fig. 3)
+        x = run(conv(32, 3, strides=2, name="features_0"), x)
+        x = run(conv(32, 3, name="features_1"), x)
+        x = run(conv(64, 3, padding=1, name="features_2"), x)
+        x = run(r(Mixed3a)(conv, pm, name="features_3"), x)
+        x = run(r(Mixed4a)(conv, f, name="features_4"), x)
+        x = run(r(Mixed5a)(conv, pm, name="features_5"), x)
+        x = repeat(functools.partial(r(InceptionA), conv, pm, cip), blocks_a, x)  # Mixed_5b..e
+        x = run(r(ReductionA)(192, 224, 256, 384, conv, pm, name=f"features_{6 + len(blocks_a)}"), x)  # Mixed_6a
+        x = repeat(functools.partial(r(InceptionB), conv, f, pm, cip), blocks_b, x)  # Mixed_6b..h
+        if self.num_aux_heads and (train or self.is_initializing()):  # after the last Inception-B
+            logits = SlimAuxHead(self.num_classes, conv, self.dtype, self.param_dtype, name="AuxLogits")(x, train)
+            if train:
+                aux.append(logits)
+        x = run(r(ReductionB)(conv, f, pm, name=f"features_{7 + len(blocks_a) + len(blocks_b)}"), x)  # Mixed_7a
+        x = repeat(functools.partial(r(InceptionC), conv, f, pm, cip), blocks_c, x)  # Mixed_7b..d
         logits = layers.classifier_head(self, x, train, out, "last_linear")
         out["aux_logits"] = tuple(aux)
         return logits, out
+
+    def block_groups(self) -> list[list[str]]:
+        """The names of the Inception-A, -B and -C blocks (`stacking`: scanned as one module each)."""
+        n_a, n_b, n_c = self.depths
+        return [stacking.block_names("features_", 6, n_a), stacking.block_names("features_", 7 + n_a, n_b),
+                stacking.block_names("features_", 8 + n_a + n_b, n_c)]
 
 
 @register_model(

@@ -46,12 +46,13 @@ def _jaxpr_macs(jaxpr) -> int:
     total = 0
     for eqn in jaxpr.eqns:
         total += _eqn_macs(eqn)
+        repeats = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1  # scanned blocks
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else (param,):
                 if isinstance(sub, jax_core.ClosedJaxpr):
-                    total += _jaxpr_macs(sub.jaxpr)
+                    total += repeats * _jaxpr_macs(sub.jaxpr)
                 elif isinstance(sub, jax_core.Jaxpr):
-                    total += _jaxpr_macs(sub)
+                    total += repeats * _jaxpr_macs(sub)
     return total
 
 
