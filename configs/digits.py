@@ -4,10 +4,10 @@ Works offline: the dataset is built into the data dir on first use. 1500 train /
 8x8 grayscale, upsampled to 32x32 RGB. On a 2-core CPU it reaches 97-99% test top-1 (96.6-98.7% in
 the runs measured) in about two minutes (README "Two commands" has the numbers).
 
-  python -m inception_jax.main --config=configs/digits.py --workdir=runs/digits
+  inception-train --config=configs/digits.py --workdir=runs/digits
 """
 
-from inception_jax.config_base import base_config, parse_arg
+from inception_jax.trainer.config import base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -1,7 +1,7 @@
 """Fine-tuning a converted pretrained model on the built-in `digits` dataset (works offline).
 
-  python -m inception_jax.convert --model inception_v3 inception_v3.tv_in1k.safetensors v3.msgpack
-  python -m inception_jax.main --config=configs/finetune_digits.py:init_from=v3.msgpack --workdir=runs/ft
+  inception-convert --model inception_v3 inception_v3.tv_in1k.safetensors v3.msgpack
+  inception-train --config=configs/finetune_digits.py:init_from=v3.msgpack --workdir=runs/ft
 
 The model and its options are read from the file, so a file converted from timm, torchvision, Keras or
 pytorch-fid builds the network it was converted for; the classifier (and any aux head) is re-initialised
@@ -11,8 +11,8 @@ backbone, at a tenth of the head's learning rate, with every BatchNorm layer fro
 upsampled 8x8 digits would give poor batch statistics). `:blocks=0` trains the head only (a linear probe).
 """
 
-from inception_jax.config_base import base_config, parse_arg
-from inception_jax.convert.files import read_model_spec
+from inception_jax.trainer.config import base_config, parse_arg
+from inception_jax.weights import read_model_spec
 
 
 def get_config(arg=None):
@@ -20,7 +20,7 @@ def get_config(arg=None):
     if not args.init_from:
         raise ValueError("configs/finetune_digits.py needs a weight file: "
                          "--config=configs/finetune_digits.py:init_from=FILE.msgpack (from "
-                         "`python -m inception_jax.convert`)")
+                         "`inception-convert`)")
     name, options = read_model_spec(args.init_from)
     c = base_config()
     c.model.name = name

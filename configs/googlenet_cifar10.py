@@ -12,14 +12,14 @@ no validation split; the 10,000-image test split is the eval split.
 Prepare CIFAR-10 once (about 160 MB, on a machine with network): `tfds build cifar10 --data_dir=DATA`,
 then
 
-  python -m inception_jax.main --config=configs/googlenet_cifar10.py --workdir=runs/googlenet_cifar10 \
+  inception-train --config=configs/googlenet_cifar10.py --workdir=runs/googlenet_cifar10 \
       --config.dataset.data_dir=DATA
 
 The trainer evaluates the main classifier only (the aux heads run in training, not at eval).
 `:runlocal` shrinks it for a smoke run.
 """
 
-from inception_jax.config_base import base_config, parse_arg, shrink_for_local_run
+from inception_jax.trainer.config import base_config, parse_arg, shrink_for_local_run
 
 
 def get_config(arg=None):

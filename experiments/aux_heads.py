@@ -9,8 +9,8 @@ instead: Inception-v3's single head helps most when its fully connected layer is
 head takes the 0.4 weight of `configs/inception_v3.py`. Inference never runs the heads, so GMACs are
 equal within each model; parameters include the heads. Comparisons are made within each model.
 
-  python -m inception_jax.sweep experiments/aux_heads.py --workdir runs/aux_heads --parallel 2
-  python -m inception_jax.report runs/aux_heads --out experiments/results/aux_heads
+  inception-sweep experiments/aux_heads.py --workdir runs/aux_heads --parallel 2
+  inception-report runs/aux_heads --out experiments/results/aux_heads
 """
 
 from regimes import DIGITS_32, with_seeds

@@ -11,8 +11,8 @@ What 75 px can show: the 8x8 digits upsampled to 75 px give Mixed_5b-5d 7x7 maps
 3x3 maps, so a 7x7 convolution and a 1x7 + 7x1 pair both see the whole 3x3 map; this tests capacity
 and optimisation, not the receptive-field argument. Comparisons are made within each model.
 
-  python -m inception_jax.sweep experiments/factorization.py --workdir runs/factorization --parallel 2
-  python -m inception_jax.report runs/factorization --out experiments/results/factorization
+  inception-sweep experiments/factorization.py --workdir runs/factorization --parallel 2
+  inception-report runs/factorization --out experiments/results/factorization
 """
 
 from regimes import DIGITS_75, with_seeds

@@ -5,8 +5,8 @@ regularisation with epsilon 0.1 improves ImageNet top-1 and top-5 error by about
 (Table 3, Inception-v2 row "+ Label Smoothing"). A 0.2-point effect is far below what a few seeds on
 297 test images can resolve; the study says whether anything larger shows at this scale.
 
-  python -m inception_jax.sweep experiments/label_smoothing.py --workdir runs/label_smoothing --parallel 2
-  python -m inception_jax.report runs/label_smoothing --out experiments/results/label_smoothing
+  inception-sweep experiments/label_smoothing.py --workdir runs/label_smoothing --parallel 2
+  inception-report runs/label_smoothing --out experiments/results/label_smoothing
 """
 
 from regimes import DIGITS_32

@@ -7,8 +7,8 @@ width grows from stage to stage and the cost "blows up"; the reductions keep it 
 naive, the whole naive network 6x. This study trains both forms (`model.naive`) on the same budget
 and asks what the reductions cost in accuracy.
 
-  python -m inception_jax.sweep experiments/module_design.py --workdir runs/module_design --parallel 2
-  python -m inception_jax.report runs/module_design --out experiments/results/module_design
+  inception-sweep experiments/module_design.py --workdir runs/module_design --parallel 2
+  inception-report runs/module_design --out experiments/results/module_design
 """
 
 from regimes import DIGITS_32

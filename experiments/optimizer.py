@@ -8,8 +8,8 @@ recipe's SGD with Nesterov momentum 0.9); both keep the learning rate 0.05 and i
 With epsilon 1.0 RMSProp's step is lr * g / sqrt(1 + mean g^2), close to SGD's while gradients are
 small, so the same learning rate suits both.
 
-  python -m inception_jax.sweep experiments/optimizer.py --workdir runs/optimizer --parallel 2
-  python -m inception_jax.report runs/optimizer --out experiments/results/optimizer
+  inception-sweep experiments/optimizer.py --workdir runs/optimizer --parallel 2
+  inception-report runs/optimizer --out experiments/results/optimizer
 """
 
 from regimes import DIGITS_32

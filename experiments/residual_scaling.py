@@ -8,8 +8,8 @@ and its 8x8 blocks 2080, as in the paper; one block per stage and 75 px keep it 
 paper saw the collapse after tens of thousands of iterations of a 40+-block network, so a few hundred
 steps of three blocks can show instability only if it comes early; a null result does not refute it.
 
-  python -m inception_jax.sweep experiments/residual_scaling.py --workdir runs/residual_scaling --parallel 2
-  python -m inception_jax.report runs/residual_scaling --out experiments/results/residual_scaling
+  inception-sweep experiments/residual_scaling.py --workdir runs/residual_scaling --parallel 2
+  inception-report runs/residual_scaling --out experiments/results/residual_scaling
 """
 
 from regimes import DIGITS_75, SEEDS

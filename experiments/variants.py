@@ -9,8 +9,8 @@ alike and the data is tiny, so the study measures how each trains on a small bud
 ImageNet rank.
 The report's top-1 vs GMACs plot puts each variant's accuracy against its cost.
 
-  python -m inception_jax.sweep experiments/variants.py --workdir runs/variants --parallel 2
-  python -m inception_jax.report runs/variants --out experiments/results/variants
+  inception-sweep experiments/variants.py --workdir runs/variants --parallel 2
+  inception-report runs/variants --out experiments/results/variants
 """
 
 from regimes import DIGITS_75, with_seeds

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import logging
 import math
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ import numpy as np
 import optax
 
 KERNELS = ("auto", "xla", "cpu")
+log = logging.getLogger(__name__)
 CPU_FORM_SCOPE = "cpu_form"  # the named scope of every CPU form, visible in lowered programs
 
 _choice = contextvars.ContextVar("inception_jax_kernels", default="auto")
@@ -86,6 +88,41 @@ def select(cpu_form, xla_form, *args, kernels: str | None = None):
             return cpu_form(*a)
 
     return jax.lax.platform_dependent(*args, cpu=scoped_cpu_form, default=xla_form)
+
+
+# --- XLA's CPU convolutions -----------------------------------------------------------------------
+
+CPU_CONVOLUTIONS = ("eigen", "ynnpack")
+# The option lists the kinds of subgraph YNNPACK may take; empty: none. (Letting it keep elementwise
+# ops and reductions is no faster, and its fusions of those then pull neighbouring convolutions in.)
+_NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _cpu_option_supported() -> bool:
+    """Whether this jaxlib knows the option (it is experimental: a later XLA may rename or drop it)."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=_NO_YNNPACK).lower(
+            jax.ShapeDtypeStruct((), np.float32)).compile()
+        return True
+    except Exception as e:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
+        log.warning("XLA does not take %s (%s); CPU convolutions stay with XLA's default library",
+                    next(iter(_NO_YNNPACK)), str(e).splitlines()[0])
+        return False
+
+
+def compiler_options(devices, convolutions: str = "eigen") -> dict[str, str] | None:
+    """`jax.jit(compiler_options=...)` for a program that runs on `devices` (a Mesh, a sequence of
+    devices, or one device): on a CPU, convolutions by XLA's own Eigen emitter instead of the YNNPACK
+    library XLA hands them to by default, whose convolutions (their backward passes above all) are
+    several times slower here (BENCHMARKS.md); "ynnpack" keeps XLA's default. None (nothing to change)
+    on other platforms. Pass it to your own `jax.jit` to get the trainer's CPU speed."""
+    if convolutions not in CPU_CONVOLUTIONS:
+        raise ValueError(f"convolutions={convolutions!r}; expected one of {CPU_CONVOLUTIONS}")
+    first = next(iter(np.ravel(getattr(devices, "devices", devices))))
+    if first.platform != "cpu" or convolutions == "ynnpack" or not _cpu_option_supported():
+        return None
+    return dict(_NO_YNNPACK)
 
 
 # --- convolutions ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every variant, train and infer, ours and its PyTorch reference where one exists, one JSON object per
 # row appended to OUT (default benchmarks/cpu.jsonl), then the markdown table BENCHMARKS.md shows.
-# Extra arguments go to every `python -m inception_jax.bench` call, e.g.
+# Extra arguments go to every `inception-bench` call, e.g.
 #   scripts/benchmarks.sh benchmarks/gpu.jsonl --batch-size 256 --dtype bfloat16 --ref-compile --ref-channels-last
 # Then one row for the training input pipeline on this host's CPUs (inception_v3's, 299 px, batch 32, the
 # built-in sample_photos JPEGs): it gets the same extra arguments, and ignores those of the model step
@@ -19,10 +19,10 @@ for model in googlenet bn_inception inception_v2 inception_v3 inception_v4 incep
     compare=()
     if [[ -n "${reference[$model]:-}" ]]; then compare=(--compare "${reference[$model]}"); fi
     echo "== $model $mode" >&2
-    "$python" -m inception_jax.bench --model "$model" --mode "$mode" "${compare[@]}" --json "$@" | tail -n 1 >> "$out"
+    "$python" -m inception_jax.tools.bench --model "$model" --mode "$mode" "${compare[@]}" --json "$@" | tail -n 1 >> "$out"
   done
 done
 echo "== inception_v3 input" >&2
-"$python" -m inception_jax.bench --model inception_v3 --mode input --steps 20 "$@" --batch-size 32 --json \
+"$python" -m inception_jax.tools.bench --model inception_v3 --mode input --steps 20 "$@" --batch-size 32 --json \
   | tail -n 1 >> "$out"
-"$python" -m inception_jax.bench --table "$out"
+"$python" -m inception_jax.tools.bench --table "$out"

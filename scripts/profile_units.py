@@ -182,13 +182,13 @@ def main(argv=None):
 
     import jax
 
-    from inception_jax import compilation
+    from inception_jax import kernels
     from inception_jax.models import registry
 
     torch.set_num_threads(args.threads)
     size = args.image_size or registry.data_config(args.model).input_size
     model = registry.create_model(args.model, num_classes=1000)
-    options = compilation.compiler_options(jax.devices())
+    options = kernels.compiler_options(jax.devices())
     if args.pools:
         return _profile_pools(args, model, size, options)
     totals = collections.Counter()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv (if needed) and trains the quickstart model on the built-in digits dataset.
-# Extra arguments go to inception_jax.main, e.g. --config.num_epochs=5. Re-running resumes.
+# Extra arguments go to inception_jax.trainer.main, e.g. --config.num_epochs=5. Re-running resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup_venv.sh ""  # no extras (an explicit argument: a sourced script sees ours otherwise)
-exec .venv/bin/python -m inception_jax.main --config=configs/digits.py --workdir="${WORKDIR:-runs/digits}" "$@"
+exec .venv/bin/inception-train --config=configs/digits.py --workdir="${WORKDIR:-runs/digits}" "$@"

@@ -7,7 +7,7 @@
   its own and is about 8x slower for a whole Inception network (9 s against 1.1 s for GoogLeNet at
   97 px). A jitted function returns its dicts sorted, so the endpoints' network order, which several
   tests check, is recorded while tracing and restored. It compiles with the trainer's CPU options
-  (`compilation.compiler_options`), so the parity tests check the convolutions training runs.
+  (`kernels.compiler_options`), so the parity tests check the convolutions training runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from inception_jax import compilation
+from inception_jax import kernels
 from inception_jax.models import profile
 
 
@@ -42,7 +42,7 @@ def jit_apply(model, variables, x, *, rngs=None, **kwargs):
         order.extend((result[0] if mutable else result)[1])
         return result
 
-    result = jax.jit(forward, compiler_options=compilation.compiler_options(jax.devices()))(variables, x, rngs)
+    result = jax.jit(forward, compiler_options=kernels.compiler_options(jax.devices()))(variables, x, rngs)
     (logits, out), state = result if mutable else (result, None)
     out = {k: out[k] for k in order}
     return ((logits, out), state) if mutable else (logits, out)

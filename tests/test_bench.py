@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from inception_jax import bench
+from inception_jax.tools import bench
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_tiny_train_benchmark_against_torchvision_reports_every_field():
     pytest.importorskip("torchvision")
-    cmd = [sys.executable, "-m", "inception_jax.bench", "--model", "googlenet", "--image-size", "32",
+    cmd = [sys.executable, "-m", "inception_jax.tools.bench", "--model", "googlenet", "--image-size", "32",
            "--batch-size", "2", "--steps", "2", "--warmup", "1", "--devices", "1", "--compare", "torchvision",
            "--model-option", "width_multiplier=0.25", "--json"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -45,7 +45,7 @@ def test_tiny_train_benchmark_against_torchvision_reports_every_field():
 
 
 def test_tiny_input_benchmark_times_the_training_pipeline_and_reports_every_field():
-    cmd = [sys.executable, "-m", "inception_jax.bench", "--model", "inception_v3", "--mode", "input",
+    cmd = [sys.executable, "-m", "inception_jax.tools.bench", "--model", "inception_v3", "--mode", "input",
            "--image-size", "75", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--threads", "1",
            "--sample-examples", "16", "--dtype", "bfloat16", "--json"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -71,7 +71,7 @@ def test_sample_photos_are_imagenet_sized_jpegs_of_two_classes_and_deterministic
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from inception_jax.data import sample_photos
+    from inception_jax.trainer.data import sample_photos
 
     def records(name):
         builder = sample_photos.ensure_prepared(str(tmp_path / name), num_train=12, seed=3)

@@ -59,7 +59,7 @@ def hand_count(factorize: bool = True, num_classes: int = 1000) -> int:
             total += conv(1, c, r3) + conv(3, r3, c3) + conv(1, c, r5) + five(r5, c5, 2)
             c = c3 + c5 + c  # the max-pool branch passes its input through
         else:
-            c1, (r3, c3), (r5, c5), _, proj = bn._INCEPTION_CFG[name]
+            c1, (r3, c3), (r5, c5), _, proj = bn.INCEPTION_BLOCKS[name]
             total += conv(1, c, c1) + conv(1, c, r3) + conv(3, r3, c3) + conv(1, c, r5) + five(r5, c5, 1)
             total += conv(1, c, proj)
             c = c1 + c3 + c5 + proj

@@ -11,11 +11,12 @@ import numpy as np
 import optax
 import pytest
 
-from inception_jax import compilation, parallel, train, validation
-from inception_jax.config_base import base_config
+from inception_jax import kernels
+from inception_jax.trainer import parallel, train, validation
+from inception_jax.trainer.config import base_config
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-EIGEN = compilation.compiler_options(jax.devices())
+EIGEN = kernels.compiler_options(jax.devices())
 
 
 def _ynnpack_convolutions(compiled) -> int:
@@ -32,11 +33,11 @@ def _ynnpack_convolutions(compiled) -> int:
 
 def test_options_are_for_cpus_only_and_checked():
     assert EIGEN == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    assert compilation.compiler_options(jax.devices(), "ynnpack") is None
-    assert compilation.compiler_options(parallel.make_mesh()) == EIGEN
-    assert compilation.compiler_options(jax.devices()[0]) == EIGEN
+    assert kernels.compiler_options(jax.devices(), "ynnpack") is None
+    assert kernels.compiler_options(parallel.make_mesh()) == EIGEN
+    assert kernels.compiler_options(jax.devices()[0]) == EIGEN
     with pytest.raises(ValueError, match="convolutions='xnnpack'; expected one of"):
-        compilation.compiler_options(jax.devices(), "xnnpack")
+        kernels.compiler_options(jax.devices(), "xnnpack")
     c = base_config()
     c.xla_cpu_convolutions = "xnnpack"
     with pytest.raises(validation.ConfigError, match="config.xla_cpu_convolutions='xnnpack' is not one of 'eigen', 'ynnpack'"):

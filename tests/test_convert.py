@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax import convert
+from inception_jax.tools import convert
 from inception_jax.models import profile
 
 torch = pytest.importorskip("torch")
@@ -109,7 +109,7 @@ def test_aux_weights_need_a_decision():
 
 
 def test_cli_writes_a_file_that_loads_back_in_one_call(tmp_path, googlenet_state, capsys):
-    from inception_jax.convert.__main__ import main as cli
+    from inception_jax.tools.convert.__main__ import main as cli
 
     torch.save(googlenet_state, tmp_path / "g.pth")
     out = tmp_path / "g.msgpack"
@@ -125,7 +125,7 @@ def test_cli_writes_a_file_that_loads_back_in_one_call(tmp_path, googlenet_state
 
 
 def test_cli_reports_mismatches_with_exit_status(tmp_path, googlenet_state, capsys):
-    from inception_jax.convert.__main__ import main as cli
+    from inception_jax.tools.convert.__main__ import main as cli
 
     torch.save(googlenet_state, tmp_path / "g.pth")
     assert cli(["--model", "inception_v3", str(tmp_path / "g.pth"), str(tmp_path / "o.msgpack")]) == 1

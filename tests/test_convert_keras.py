@@ -1,4 +1,4 @@
-"""Keras weight import (`inception_jax.convert.from_keras`) against Keras itself.
+"""Keras weight import (`inception_jax.tools.convert.from_keras`) against Keras itself.
 
 One subprocess builds randomly initialised `keras.applications` models (seeded, so every machine gets
 the same ones), calibrates their BatchNorm (REFERENCES.md §7: random beta, moving statistics taken from
@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from inception_jax import convert
-from inception_jax.convert import WeightMismatchError, from_keras, keras_model_options
-from inception_jax.convert import __main__ as convert_cli
-from inception_jax.convert import keras_weights
+from inception_jax.tools import convert
+from inception_jax.tools.convert import WeightMismatchError, from_keras, keras_model_options
+from inception_jax.tools.convert import __main__ as convert_cli
+from inception_jax.tools.convert import keras_weights
 from inception_jax.models import stacking
 from reference_models import assert_float32_as_exact_as_reference, assert_logits_close
 

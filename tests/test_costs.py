@@ -1,11 +1,11 @@
-"""Issue 8: the seeds' cost claims, counted on our own layers and modules (`inception_jax.costs`), pinned
+"""Issue 8: the seeds' cost claims, counted on our own layers and modules (`inception_jax.tools.costs`), pinned
 to the numbers the papers print."""
 
 from __future__ import annotations
 
 import pytest
 
-from inception_jax import costs
+from inception_jax.tools import costs
 
 
 def _by_name(rows):

@@ -18,7 +18,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax.data import digits, pipeline, preprocess  # noqa: E402
+from inception_jax.trainer.data import digits, pipeline, preprocess  # noqa: E402
 
 
 def make_config(name="digits", data_dir=None, **input_overrides) -> ml_collections.ConfigDict:
@@ -341,7 +341,7 @@ def test_bad_split_and_augment_names_are_config_errors(digits_dir):
 def test_uint8_batches_are_normalised_on_the_device_as_the_host_formula():
     """`train.normalise_images` on uint8 equals `preprocess.normalize` on the same pixels, to float32
     rounding; float batches pass through untouched."""
-    from inception_jax import train
+    from inception_jax.trainer import train
 
     pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, axis=-1)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -355,7 +355,7 @@ def test_uint8_batches_are_normalised_on_the_device_as_the_host_formula():
 
 
 def test_prefetch_to_devices_keeps_order_and_reads_one_batch_ahead():
-    from inception_jax import parallel
+    from inception_jax.trainer import parallel
 
     mesh = parallel.make_mesh()
     read = []

@@ -1,4 +1,4 @@
-"""`inception_jax.fid` against pytorch-fid (REFERENCES.md §8), with random weights: nothing is downloaded.
+"""`inception_jax.tools.fid` against pytorch-fid (REFERENCES.md §8), with random weights: nothing is downloaded.
 
 pytorch-fid builds its network inside `fid_inception_v3()`, which downloads the weights; here that
 download (`pytorch_fid.inception.load_state_dict_from_url`) returns a random state_dict instead, BN
@@ -22,7 +22,7 @@ import pytest
 import scipy.linalg
 from PIL import Image
 
-from inception_jax import convert, fid
+from inception_jax.tools import convert, fid
 from inception_jax.models import profile, registry
 
 from reference_models import assert_logits_close, calibrate_batchnorm, nchw
@@ -151,8 +151,8 @@ def test_logits_and_pool3_match_pytorch_fid_at_299(reference, extractor):
 
 
 def test_converted_msgpack_loads_as_the_fid_network(reference, extractor, tmp_path, capsys):
-    """pytorch-fid's .pth -> `python -m inception_jax.convert` -> `load_fid_model`: the same variables."""
-    from inception_jax.convert.__main__ import main as convert_main
+    """pytorch-fid's .pth -> `inception-convert` -> `load_fid_model`: the same variables."""
+    from inception_jax.tools.convert.__main__ import main as convert_main
 
     out = tmp_path / "fid.msgpack"
     assert convert_main(["--model", fid.FID_MODEL, reference["pth"], str(out)]) == 0

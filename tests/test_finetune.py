@@ -1,4 +1,4 @@
-"""Fine-tuning (inception_jax/finetune.py): frozen blocks and BatchNorm stay put, the backbone learning-rate
+"""Fine-tuning (inception_jax/trainer/finetune.py): frozen blocks and BatchNorm stay put, the backbone learning-rate
 multiplier and weight decay act as hand-computed, and `configs/finetune_digits.py` starts from the file."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import inception_jax
-from inception_jax import finetune, optim, parallel, train, validation
-from inception_jax.config_base import base_config
-from inception_jax.convert import save_variables
+from inception_jax import optim
+from inception_jax.trainer import finetune, parallel, train, validation
+from inception_jax.trainer.config import base_config
+from inception_jax.tools.convert import save_variables
 from inception_jax.models import layers
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -214,7 +215,7 @@ def test_finetune_config_starts_from_the_file_and_keeps_the_frozen_parts(tmp_pat
 
 def test_init_from_remakes_every_familys_head_for_a_new_class_count():
     """A 1000-class file into a 10-class model: only head leaves (BN-Inception's is `Logits`) are re-made."""
-    from inception_jax.checkpoint import merge_init_variables
+    from inception_jax.trainer.checkpoint import merge_init_variables
 
     target = {"params": {"Mixed_5c": {"k": np.zeros((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.zeros((4, 10))}}}}
     loaded = {"params": {"Mixed_5c": {"k": np.ones((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.ones((4, 1000))}}}}

@@ -13,6 +13,7 @@ import pytest
 import inception_jax as ij
 from inception_jax.models import googlenet as gn
 from inception_jax.models import layers, profile
+from inception_jax.tools.convert import from_torch
 from model_helpers import fake_variables, jit_apply
 
 # torchvision's own numbers (GoogLeNet_Weights meta; REFERENCES.md §1).
@@ -20,7 +21,7 @@ PARAMS = 6_624_904
 PARAMS_WITH_AUX = 13_004_888
 
 # The architecture table (paper Table 1 = torchvision): 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj.
-TABLE = list(gn._INCEPTION_CFG.values())
+TABLE = list(gn.INCEPTION_BLOCKS.values())
 STEM = 3 * 7 * 7 * 64 + 2 * 64 + 64 * 64 + 2 * 64 + 64 * 3 * 3 * 192 + 2 * 192  # conv1, conv2, conv3 (+BN)
 
 
@@ -60,7 +61,7 @@ def test_eval_logits_match_torchvision(torchvision_googlenet, size):
     # overlapping adaptive-pool windows (7 -> 4); 224 is the reference resolution.
     rm = pytest.importorskip("reference_models")
     state = rm.torch_state_dict(torchvision_googlenet)
-    variables = ij.convert.from_torch("googlenet", state, drop_aux=True)
+    variables = from_torch("googlenet", state, drop_aux=True)
     model = ij.create_model("googlenet")
     x = images(2, size)
     with rm.torch.no_grad():
@@ -80,7 +81,7 @@ def test_train_mode_aux_heads_match_torchvision(torchvision_googlenet, kernels):
     import copy
 
     state = rm.torch_state_dict(torchvision_googlenet)
-    variables = ij.convert.from_torch("googlenet", state, aux_logits=True)
+    variables = from_torch("googlenet", state, aux_logits=True)
     model = ij.create_model("googlenet", aux_logits=True, dropout_rate=0.0, aux_dropout_rate=0.0, kernels=kernels)
     reference = copy.deepcopy(torchvision_googlenet)  # train mode updates running stats
     for m in reference.modules():
@@ -225,7 +226,7 @@ def test_init_outputs_and_dropout():
     logits, out = run(model, x, variables=variables)
     assert logits.shape == (2, 10) and out["pre_logits"].shape == (2, 1024)
     assert out["aux_logits"] == ()  # eval mode: no aux logits, as torchvision
-    assert list(out)[:-2] == ["conv1", "conv2", "conv3", *gn._INCEPTION_CFG]
+    assert list(out)[:-2] == ["conv1", "conv2", "conv3", *gn.INCEPTION_BLOCKS]
     assert [out[k].shape[-1] for k in ("conv1", "conv3", "inception3b", "inception4e", "inception5b")] == [
         64, 192, 480, 832, 1024]
     a, out = run(model, x, train=True, variables=variables)

@@ -11,7 +11,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import metrics as metrics_lib, optim, train  # noqa: E402
+from inception_jax import optim  # noqa: E402
+from inception_jax.trainer import rundir, train  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "googlenet_cifar10.py")
 CIFAR10_TRAIN = 50_000
@@ -50,7 +51,7 @@ def test_it_trains_both_aux_heads_and_evaluates(tmp_path):
     c.progress_bar = False
     with tfds.testing.mock_data(num_examples=16):
         train.train_and_evaluate(c, str(tmp_path))
-    records = metrics_lib.read_metrics(str(tmp_path))
+    records = rundir.read_metrics(str(tmp_path))
     steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for r in steps:

@@ -22,7 +22,7 @@ import pytest
 from reference_models import assert_logits_close, calibrate_batchnorm, nchw, torch, torch_state_dict
 
 import inception_jax
-from inception_jax.convert import from_torch
+from inception_jax.tools.convert import from_torch
 from inception_jax.models import inception_v3 as v3_module
 from inception_jax.models import layers, profile, registry
 

@@ -23,7 +23,7 @@ import pytest
 from reference_models import (assert_float32_as_exact_as_reference, assert_logits_close, calibrate_batchnorm, nchw,
                               torch, torch_state_dict)
 
-from inception_jax.convert import from_torch
+from inception_jax.tools.convert import from_torch
 from inception_jax.models import profile, registry
 
 timm = pytest.importorskip("timm")

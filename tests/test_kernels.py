@@ -136,7 +136,7 @@ def test_batchnorm_has_flaxs_variables_and_its_inference_output_bit_for_bit(use_
     v_ours, v_ref = (m.init(jax.random.key(0), x, use_running_average=False) for m in (ours, ref))
     assert jax.tree.map(lambda a: (a.shape, a.dtype), v_ours) == jax.tree.map(lambda a: (a.shape, a.dtype), v_ref)
     jax.tree.map(np.testing.assert_array_equal, v_ours, v_ref)
-    assert isinstance(ours, nn.BatchNorm)  # what inception_jax.finetune looks for
+    assert isinstance(ours, nn.BatchNorm)  # what inception_jax.trainer.finetune looks for
     params = params if use_scale else {"bias": params["bias"]}
     stats = {"mean": jnp.linspace(-1.0, 3.0, 24), "var": jnp.linspace(0.5, 4.0, 24)}
     for form in FORMS:
@@ -373,8 +373,9 @@ def test_both_forms_make_the_same_train_step_in_float64():
     CPU forms and with XLA's operations: the same loss, gradient norm, parameters, optimizer state,
     BatchNorm statistics and averages, and eval logits. In float64 the two agree to rounding, so any
     difference in the function would show. (The models' parity tests run on both forms too.)"""
-    from inception_jax import optim, parallel, train, validation
-    from inception_jax.config_base import base_config
+    from inception_jax import optim
+    from inception_jax.trainer import parallel, train, validation
+    from inception_jax.trainer.config import base_config
 
     c = base_config()
     c.model.name = "googlenet"  # for validation only: its minimum input size is 15

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import pytest
 from jax import export
 
-from inception_jax import kernels, optim, parallel, train, validation
-from inception_jax.config_base import base_config
+from inception_jax import kernels, optim
+from inception_jax.trainer import parallel, train, validation
+from inception_jax.trainer.config import base_config
 from inception_jax.models import layers, registry
 
 ACCELERATORS = ("cuda", "tpu")

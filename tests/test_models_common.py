@@ -13,7 +13,7 @@ import pytest
 
 import inception_jax
 from inception_jax.models import profile
-from inception_jax.models.__main__ import main as report_main
+from inception_jax.tools.zoo import main as report_main
 
 ALL_MODELS = [
     "bn_inception",
@@ -237,7 +237,7 @@ def test_depths_add_or_drop_whole_blocks(name):
         params(depths=(1, 0, 1))
 
 
-# bf16 compute: the documented tolerance (README "Numerics"): logits within 5% of the fp32 logits' scale.
+# bf16 compute: the documented tolerance (docs/models.md, "Options"): logits within 5% of the fp32 logits' scale.
 BF16_TOLERANCE = 0.05
 
 

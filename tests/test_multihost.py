@@ -1,6 +1,6 @@
 """Issue 9: the same command on 1 process x 8 devices and on 2 cooperating processes x 4 devices.
 
-Workers are real `python -m inception_jax.main` processes joined over 127.0.0.1 (gloo collectives),
+Workers are real `inception-train` processes joined over 127.0.0.1 (gloo collectives),
 run under an outer timeout: a missing peer aborts a JAX process rather than raising.
 
 Equal "to float rounding": both topologies train on the same examples in the same order (the
@@ -15,7 +15,6 @@ the cluster.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -29,8 +28,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import checkpoint as ckpt_lib  # noqa: E402
-from inception_jax import metrics as metrics_lib  # noqa: E402
+from inception_jax.trainer import checkpoint as ckpt_lib  # noqa: E402
+from inception_jax.trainer import rundir  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
@@ -41,7 +40,7 @@ RTOL = 1e-6  # float64 runs: relative agreement of losses, gradient norms, eval 
 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-    from inception_jax.data import digits
+    from inception_jax.trainer.data import digits
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     digits.ensure_prepared(data_dir)
@@ -82,10 +81,10 @@ def _free_port() -> int:
 def _start(flags, *, processes=1, devices=8, float64=True, **env):
     """Starts one run: `processes` workers with `devices // processes` CPU devices each."""
     if processes == 1:
-        argv = [[sys.executable, "-m", "inception_jax.main", *flags]]
+        argv = [[sys.executable, "-m", "inception_jax.trainer.main", *flags]]
     else:
         address = f"127.0.0.1:{_free_port()}"
-        argv = [[sys.executable, "-m", "inception_jax.main", *flags, f"--coordinator_address={address}",
+        argv = [[sys.executable, "-m", "inception_jax.trainer.main", *flags, f"--coordinator_address={address}",
                  f"--num_processes={processes}", f"--process_id={i}"] for i in range(processes)]
     return [subprocess.Popen(a, cwd=REPO, env=_env(devices // processes, float64, **env), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True) for a in argv]
@@ -115,11 +114,11 @@ def _run(flags, **kw):
 
 
 def _train_records(workdir):
-    return [r for r in metrics_lib.read_metrics(str(workdir)) if "train/loss" in r]
+    return [r for r in rundir.read_metrics(str(workdir)) if "train/loss" in r]
 
 
 def _eval_records(workdir):
-    return [r for r in metrics_lib.read_metrics(str(workdir)) if "eval/top1" in r]
+    return [r for r in rundir.read_metrics(str(workdir)) if "eval/top1" in r]
 
 
 def _assert_same_run(a, b, *, rtol=RTOL):
@@ -229,7 +228,7 @@ def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_pa
     flags = _flags(tmp_path / "w", digits_dir, float64=False)
     address = f"127.0.0.1:{_free_port()}"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.main", *flags, f"--coordinator_address={address}",
+    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *flags, f"--coordinator_address={address}",
                            "--num_processes=2", "--process_id=1"], cwd=REPO, capture_output=True, text=True,
                           env=_env(4, False, JAX_INITIALIZATION_TIMEOUT="10"), timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -240,7 +239,7 @@ def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_pa
 
 def test_joining_twice_in_one_process_is_harmless():
     """A notebook calling train_and_evaluate twice joins once: the second call is a no-op."""
-    code = ("import sys, jax; from inception_jax import parallel; args = (sys.argv[1], 2, int(sys.argv[2])); "
+    code = ("import sys, jax; from inception_jax.trainer import parallel; args = (sys.argv[1], 2, int(sys.argv[2])); "
             "first = parallel.initialize_distributed(*args); second = parallel.initialize_distributed(*args); "
             "print('result', first, second, jax.process_count(), jax.device_count())")
     address = f"127.0.0.1:{_free_port()}"
@@ -253,7 +252,7 @@ def test_joining_twice_in_one_process_is_harmless():
 
 
 def test_half_a_cluster_spec_is_a_usage_error(digits_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.main", *_flags(tmp_path / "w", digits_dir),
+    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *_flags(tmp_path / "w", digits_dir),
                            "--coordinator_address=127.0.0.1:1234"], cwd=REPO, capture_output=True, text=True,
                           env=_env(1, False), timeout=120)
     assert proc.returncode == 2
@@ -272,7 +271,7 @@ def test_half_a_cluster_spec_is_a_usage_error(digits_dir, tmp_path):
     ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
 ])
 def test_launcher_detection(env, expected, monkeypatch):
-    from inception_jax import parallel
+    from inception_jax.trainer import parallel
 
     for name in list(os.environ):
         if name.startswith(("SLURM_", "OMPI_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR", "JAX_NUM_PROC", "JAX_PROCESS")):
@@ -286,7 +285,7 @@ def test_launcher_detection(env, expected, monkeypatch):
 
 
 def test_explicit_cluster_spec(monkeypatch):
-    from inception_jax import parallel
+    from inception_jax.trainer import parallel
 
     for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         monkeypatch.delenv(name, raising=False)
@@ -311,7 +310,7 @@ def test_explicit_cluster_spec(monkeypatch):
     ({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NODEID": "0"}, None),  # no GPUs given: CPU or TPU
 ])
 def test_one_slurm_task_per_host_uses_all_its_gpus(env, expected, monkeypatch):
-    from inception_jax import parallel
+    from inception_jax.trainer import parallel
 
     for name in list(os.environ):
         if name.startswith(("SLURM_", "CUDA_VISIBLE")):

@@ -1,7 +1,7 @@
 """Issue 4: bad input gets a clear error, a killed run resumes with nothing lost, a broken checkpoint
 never ends a run.
 
-The command-line cases run `inception_jax.main` the way a user does (flag parsing included) and check
+The command-line cases run `inception_jax.trainer.main` the way a user does (flag parsing included) and check
 the one-line message and the exit status; the interruption cases run the trainer in subprocesses
 and kill them with real signals.
 """
@@ -23,9 +23,10 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import checkpoint as ckpt_lib  # noqa: E402
-from inception_jax import main as main_lib  # noqa: E402
-from inception_jax import metrics as metrics_lib  # noqa: E402
+from inception_jax.trainer import checkpoint as ckpt_lib  # noqa: E402
+from inception_jax.trainer import main as main_lib  # noqa: E402
+from inception_jax.trainer import metrics as metrics_lib  # noqa: E402
+from inception_jax.trainer import rundir  # noqa: E402
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
@@ -34,7 +35,7 @@ DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
     """The built-in dataset, prepared once for this module."""
-    from inception_jax.data import digits
+    from inception_jax.trainer.data import digits
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     digits.ensure_prepared(data_dir)
@@ -57,7 +58,7 @@ def _run_cli(argv, monkeypatch, capsys):
     """Runs the CLI in this process; returns (exit status, stderr)."""
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
                         lambda *a, **k: pytest.fail("the trainer must never start a download"))
-    argv = ["inception_jax.main", *argv]
+    argv = ["inception_jax.trainer.main", *argv]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the --config.* overrides from sys.argv
     main_lib.FLAGS.unparse_flags()
     try:
@@ -132,10 +133,10 @@ def test_bad_configs_exit_2_with_one_line_naming_the_fix(case, extra, message, t
 
 
 def test_cli_exit_status_in_a_real_process(tmp_path, digits_dir):
-    """The same contract through `python -m inception_jax.main`, absl's app.run included."""
+    """The same contract through `inception-train`, absl's app.run included."""
     argv = _small_run_flags(tmp_path / "w", digits_dir) + ["--config.model.name=googlenett"]
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.main", *argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *argv], capture_output=True, text=True,
                           cwd=REPO, env=_subprocess_env(tmp_path), timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "error: config.model.name: Unknown model name 'googlenett'. Did you mean 'googlenet'" in proc.stderr
@@ -283,14 +284,14 @@ def _subprocess_env(tmp_path):
 
 def _logged_step(workdir) -> int:
     try:
-        return max((r["step"] for r in metrics_lib.read_metrics(str(workdir)) if "train/loss" in r), default=0)
+        return max((r["step"] for r in rundir.read_metrics(str(workdir)) if "train/loss" in r), default=0)
     except ValueError:  # a line being written right now
         return 0
 
 
 def _start(workdir, data_dir, tmp_path, total_steps):
     argv = _small_run_flags(workdir, data_dir, total_steps) + ["--config.model.width_multiplier=0.0625"]
-    return subprocess.Popen([sys.executable, "-m", "inception_jax.main", *argv], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "inception_jax.trainer.main", *argv], cwd=REPO,
                             env=_subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -347,7 +348,7 @@ def test_killed_and_resumed_runs_end_exactly_as_an_uninterrupted_one(tmp_path, d
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]
-    ref_metrics, work_metrics = strip(metrics_lib.read_metrics(str(ref))), strip(metrics_lib.read_metrics(str(work)))
+    ref_metrics, work_metrics = strip(rundir.read_metrics(str(ref))), strip(rundir.read_metrics(str(work)))
     assert [r["step"] for r in work_metrics] == [r["step"] for r in ref_metrics]
     assert work_metrics == ref_metrics
 
@@ -359,7 +360,7 @@ def test_resume_rewrites_each_metrics_record_once_and_hides_stale_tensorboard_st
     for step in range(1, 6):
         first.write(step, {"train/loss": float(step)})
     first.close()
-    with open(tmp_path / metrics_lib.METRICS_FILE, "a") as f:
+    with open(tmp_path / rundir.METRICS_FILE, "a") as f:
         f.write('{"step": 6, "train/lo')  # killed mid-write
 
     resumed = metrics_lib.MetricWriter(str(tmp_path))
@@ -367,7 +368,7 @@ def test_resume_rewrites_each_metrics_record_once_and_hides_stale_tensorboard_st
     resumed.write(4, {"train/loss": 40.0})
     assert resumed._tb.purge_step == 4
     resumed.close()
-    records = metrics_lib.read_metrics(str(tmp_path))
+    records = rundir.read_metrics(str(tmp_path))
     assert [(r["step"], r["train/loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
 
     import tensorflow as tf

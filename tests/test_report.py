@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from inception_jax import report, sweep
+from inception_jax.tools import report, sweep
 
 TOTAL = 20
 
@@ -39,7 +39,7 @@ def _manifest(directory, runs, compare_within=()):
                         "params": extra.get("params", 1000), "gmacs": extra.get("gmacs", 0.5), "commit": "abc123"})
     manifest = {"study": "toy", "study_file": str(directory / "toy.py"), "root": str(directory),
                 "base_config": "configs/digits.py", "overrides": {"total_steps": TOTAL}, "flags": {},
-                "command": "python -m inception_jax.sweep toy.py --workdir x", "compare_within": list(compare_within),
+                "command": "inception-sweep toy.py --workdir x", "compare_within": list(compare_within),
                 "runs": entries}
     (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
 
@@ -92,6 +92,19 @@ def test_verdicts_use_welchs_t_test(toy_sweep):
     assert "within the seed-to-seed spread" in close and "cannot tell the two apart" in close
     lonely = dict(rows[1], values=[0.6], seeds=1)
     assert "no verdict: each setting needs at least 2 finished seeds" in report.compare(rows[0], lonely)
+
+
+def test_welch_matches_the_welch_satterthwaite_formula():
+    from scipy import stats
+
+    a, b = [0.80, 0.82, 0.84, 0.83], [0.60, 0.61, 0.65]
+    mean = lambda x: sum(x) / len(x)
+    var = lambda x: sum((v - mean(x)) ** 2 for v in x) / (len(x) - 1)
+    va, vb = var(a) / len(a), var(b) / len(b)
+    t = (mean(a) - mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    assert report.welch(a, b) == pytest.approx((t, df, 2 * stats.t.sf(abs(t), df)))
+    assert 2 < df < 5  # between min(n) - 1 and the pooled test's n_a + n_b - 2
 
 
 def test_report_md_and_valid_pngs(toy_sweep, tmp_path_factory):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import inception_jax
-from inception_jax import finetune, validation
-from inception_jax.config_base import base_config
-from inception_jax.convert import load_variables, save_variables
+from inception_jax.trainer import finetune, validation
+from inception_jax.trainer.config import base_config
+from inception_jax.tools.convert import load_variables, save_variables
 from inception_jax.models import profile, registry, stacking
 
 SCANNED = ["inception_v4", "inception_resnet_v2", "inception_resnet_v1"]
@@ -124,7 +124,8 @@ def test_weight_files_load_into_either_layout(tmp_path):
 
 
 def test_the_trainer_loads_init_from_weights_of_the_other_layout(tmp_path):
-    from inception_jax import optim, parallel, train
+    from inception_jax import optim
+    from inception_jax.trainer import parallel, train
 
     c = base_config()
     c.model.name = "inception_resnet_v1"

@@ -22,7 +22,9 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import report, sweep  # noqa: E402
+from inception_jax.tools import report, sweep  # noqa: E402
+from inception_jax.tools.sweep import local as sweep_local  # noqa: E402
+from inception_jax.trainer import rundir  # noqa: E402
 
 # ml_collections loads `--config=` files with the deprecated `load_module` (its own code, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -52,7 +54,7 @@ def sweep():
 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-    from inception_jax.data import digits  # noqa: F401  (registers the builder)
+    from inception_jax.trainer.data import digits  # noqa: F401  (registers the builder)
 
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     tfds.builder("digits", data_dir=data_dir).download_and_prepare()
@@ -147,7 +149,7 @@ def sweep_again():
     ({"total_steps": 1.5}, r"config\.total_steps=1\.5"),
 ])
 def test_an_unknown_key_fails_before_anything_trains(override, message, tmp_path, digits_dir, monkeypatch, capsys):
-    monkeypatch.setattr(sweep, "_start", lambda *a, **k: pytest.fail("nothing may start"))
+    monkeypatch.setattr(sweep_local, "_start", lambda *a, **k: pytest.fail("nothing may start"))
     study = write_study(tmp_path / "bad.py", f"""
 def sweep():
     yield {{"seed": 0}}
@@ -179,7 +181,7 @@ def test_dry_run_prints_every_run_and_its_command_and_writes_nothing(tmp_path, d
     commands = [shlex.split(line.strip())[1:] for line in out.splitlines() if line.strip().startswith("python -m")]
     assert len(commands) == 4
     for argv in commands:
-        assert argv[:2] == ["-m", "inception_jax.main"]
+        assert argv[:2] == ["-m", "inception_jax.trainer.main"]
         assert f"--config.dataset.data_dir={digits_dir}" in argv and f"--config.total_steps={TOTAL_STEPS}" in argv
     assert "--config.dataset.train_split=train[:50%]" in commands[2] and "--config.seed=0" in commands[2]
     assert re.search(r"\[0\] dataset.train_split=train,seed=0: pending, 12 steps, [\d,]+ params", out)
@@ -197,7 +199,7 @@ def test_slurm_writes_a_job_array_over_the_manifest(tmp_path, digits_dir):
     sweep_dir = tmp_path / "runs"
     first = sweep.run_name({"dataset.train_split": "train", "seed": 0})
     (sweep_dir / first).mkdir(parents=True)  # finished elsewhere: the array leaves it out
-    (sweep_dir / first / "metrics.jsonl").write_text(json.dumps({"step": TOTAL_STEPS, "eval/top1": 0.5}) + "\n")
+    rundir.write_status(str(sweep_dir / first), rundir.FINISHED, step=TOTAL_STEPS, total_steps=TOTAL_STEPS)
     code, out = _main([study, "--workdir", sweep_dir, "--slurm", "--partition=gpu", "--time=01:30:00", "--gpus=4",
                        "--nodes=2", "--max-concurrent=2", "--sbatch-option=--account=abc",
                        f"--config.dataset.data_dir={digits_dir}"])
@@ -215,7 +217,7 @@ def test_slurm_writes_a_job_array_over_the_manifest(tmp_path, digits_dir):
     assert manifest["flags"] == {"dataset.data_dir": digits_dir} and manifest["overrides"]["total_steps"] == TOTAL_STEPS
     assert sorted(arms) == [1, 2, 3]
     for run in manifest["runs"][1:]:
-        assert ["-m", "inception_jax.main", *arms[run["index"]]] == run["argv"]
+        assert ["-m", "inception_jax.trainer.main", *arms[run["index"]]] == run["argv"]
         assert run["argv"][-1] == f"--workdir={sweep_dir / run['name']}"
 
     # Run the script as SLURM would, with an `srun` that records what it was asked to run.
@@ -265,7 +267,7 @@ def real_sweep(tmp_path_factory, digits_dir):
     facts = {"names": names, "dir": sweep_dir}
 
     # 1. One run at a time; Ctrl-C once the first run has trained a few steps.
-    proc = subprocess.Popen([sys.executable, "-m", "inception_jax.sweep", *argv], cwd=REPO, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "inception_jax.tools.sweep", *argv], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = sweep_dir / names[0]
     t0 = time.monotonic()
@@ -350,11 +352,11 @@ def _check_the_two_by_two_sweep_ran_end_to_end_two_at_a_time(real_sweep):
         assert final["step"] == TOTAL_STEPS and final["eval/examples"] == 297
         assert run["params"] > 0 and run["gmacs"] > 0 and run["total_steps"] == TOTAL_STEPS
         # Each run records the commit it started from (None only outside a git checkout).
-        assert run["commit"] == sweep._commit()
+        assert run["commit"] == rundir.commit()
 
 
 def _check_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, monkeypatch):
-    monkeypatch.setattr(sweep, "_start", lambda *a, **k: pytest.fail("a finished run was started again"))
+    monkeypatch.setattr(sweep_local, "_start", lambda *a, **k: pytest.fail("a finished run was started again"))
     before = {r["name"]: r for r in real_sweep["final"]["runs"]}
     code, out = _main(real_sweep["argv"] + ["--parallel", "2"])
     assert code == 0 and "4 done, 0 failed earlier, 0 to run" in out
@@ -365,7 +367,7 @@ def _check_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, monkeypatch):
 def _check_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys):
     code, _ = _main(real_sweep["argv"] + ["--config.total_steps=99"])
     assert code == 2 and "holds another sweep (flags:" in capsys.readouterr().err
-    with sweep._locked(str(real_sweep["dir"])):  # as if another sweep (or a run it started) were alive
+    with sweep.locked(str(real_sweep["dir"])):  # as if another sweep (or a run it started) were alive
         code, _ = _main(real_sweep["argv"])
     assert code == 2 and "another sweep, or a run it started, is still running" in capsys.readouterr().err
 

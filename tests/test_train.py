@@ -19,8 +19,9 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import finetune, losses, metrics as metrics_lib, parallel, train, validation  # noqa: E402
-from inception_jax.config_base import base_config  # noqa: E402
+from inception_jax import losses  # noqa: E402
+from inception_jax.trainer import finetune, parallel, rundir, train, validation  # noqa: E402
+from inception_jax.trainer.config import base_config  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # Longest first, as measured in the suite (v3 ~100 s, v2 ~60 s, the others 25-45 s; conftest runs slow
@@ -77,7 +78,7 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
     straight = train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "a"))
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["model"]["name"] == "googlenet" and saved["total_steps"] == 4
-    final = metrics_lib.read_metrics(str(tmp_path / "a"))[-1]
+    final = rundir.read_metrics(str(tmp_path / "a"))[-1]
     assert final["step"] == 4 and final["eval/examples"] == 297
     out = capsys.readouterr().out
     assert "googlenet on digits: 1 process(es), 8 device(s); global batch 16 (2 per device" in out
@@ -86,7 +87,7 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"top1 {final['eval/top1']:.4f}  top5 {final['eval/top5']:.4f}  (297 examples)" in out
     assert "eval step: read from the compilation cache in" in out  # compiled by the first call
-    assert metrics_lib.read_metrics(str(tmp_path / "a"))[-1] == final
+    assert rundir.read_metrics(str(tmp_path / "a"))[-1] == final
 
     # Preempt the second run the way a cluster does: SIGTERM arrives during step 2, while the batch of
     # step 3 is being sent to the devices (the trainer keeps one batch in flight ahead of the step).
@@ -103,14 +104,14 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(parallel, "global_batch", sigterm_on_second_batch)
     train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "b"))
     monkeypatch.setattr(parallel, "global_batch", real_global_batch)
-    assert max(r["step"] for r in metrics_lib.read_metrics(str(tmp_path / "b"))) == 2
+    assert max(r["step"] for r in rundir.read_metrics(str(tmp_path / "b"))) == 2
     assert signal.getsignal(signal.SIGTERM) == handler_before, "the handler must be restored"
 
     resumed = train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "b"))
     for a, b in zip(_leaves(straight), _leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]
-    assert strip(metrics_lib.read_metrics(str(tmp_path / "a"))) == strip(metrics_lib.read_metrics(str(tmp_path / "b")))
+    assert strip(rundir.read_metrics(str(tmp_path / "a"))) == strip(rundir.read_metrics(str(tmp_path / "b")))
 
 
 # --- BatchNorm statistics: global batch vs per device, against numpy -----------------------------
@@ -189,7 +190,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypat
     assert int(state.nonfinite_skips) == 4
     assert int(state.step) == 0  # no update was applied, so the schedule has not moved either
     assert all(np.isfinite(x).all() for x in _leaves(state))
-    records = [r for r in metrics_lib.read_metrics(str(tmp_path / "skip")) if "train/nonfinite_skips" in r]
+    records = [r for r in rundir.read_metrics(str(tmp_path / "skip")) if "train/nonfinite_skips" in r]
     assert records[-1]["train/nonfinite_skips"] == 4
     # The logged learning rate is the one optax applies: still the first step's after 4 skips.
     assert [r["train/learning_rate"] for r in records] == [pytest.approx(c.schedule.base_learning_rate)] * 4
@@ -233,7 +234,7 @@ def test_every_config_trains_two_steps_and_evaluates(config_file, name, tmp_path
     config.model.num_classes = 1000
     with tfds.testing.mock_data(num_examples=12):
         train.train_and_evaluate(config, str(tmp_path))
-    records = metrics_lib.read_metrics(str(tmp_path))
+    records = rundir.read_metrics(str(tmp_path))
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [1, 2]
     assert all(np.isfinite(r["train/loss"]) and r["train/loss"] > 0 for r in train_records)
@@ -250,7 +251,7 @@ def test_every_config_trains_two_steps_and_evaluates(config_file, name, tmp_path
 def test_checkpoint_restores_onto_another_device_count(tmp_path):
     import optax
 
-    from inception_jax import checkpoint as ckpt_lib
+    from inception_jax.trainer import checkpoint as ckpt_lib
 
     config = validation.validated(_tiny_config("global"))
     model, tx = _OneBN(), optax.sgd(0.1)
@@ -411,7 +412,7 @@ def test_checkpoints_from_before_the_bn_ema_still_restore(tmp_path):
     import flax
     import optax
 
-    from inception_jax import checkpoint as ckpt_lib
+    from inception_jax.trainer import checkpoint as ckpt_lib
 
     @flax.struct.dataclass
     class OldTrainState:
@@ -446,7 +447,7 @@ def test_checkpoints_from_before_the_bn_ema_still_restore(tmp_path):
 
 def test_sharded_state_round_trips_through_a_checkpoint(tmp_path):
     """A leaf split over the 8 devices is saved shard by shard and restores onto 2 devices intact."""
-    from inception_jax import checkpoint as ckpt_lib
+    from inception_jax.trainer import checkpoint as ckpt_lib
 
     eight = parallel.make_mesh()
     value = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
@@ -484,7 +485,7 @@ class _SlowOnDevice(nn.Module):
 def test_the_loop_dispatches_steps_without_waiting_for_them(tmp_path, monkeypatch):
     """Between logging steps the host never waits for a step: when it dispatches step 4, step 1 is
     still running (each step holds the devices for tens of milliseconds; dispatching takes far less)."""
-    from inception_jax import compilation
+    from inception_jax.trainer import compilation
 
     monkeypatch.setattr(train, "build_model", lambda config, num_classes: _SlowOnDevice(num_classes))
     in_flight = []

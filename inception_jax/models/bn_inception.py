@@ -45,7 +45,7 @@ from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # Stride-1 modules: 1x1, (3x3 reduce, 3x3), (double-3x3 reduce, double 3x3), pool, pool projection.
-_INCEPTION_CFG = {
+INCEPTION_BLOCKS = {
     "Mixed_3b": (64, (64, 64), (64, 96), "avg", 32),
     "Mixed_3c": (64, (64, 96), (64, 96), "avg", 64),
     "Mixed_4b": (224, (64, 96), (96, 128), "avg", 128),
@@ -254,7 +254,7 @@ class BNInception(nn.Module):
                 block = layers.remat_if(ReductionModule, self.remat)(*_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
                                         padding_mode=pm, name=name)
             else:
-                block = layers.remat_if(InceptionModule, self.remat)(*_INCEPTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
+                block = layers.remat_if(InceptionModule, self.remat)(*INCEPTION_BLOCKS[name], conv=conv, factorize_5x5=self.factorize_5x5,
                                         padding_mode=pm, count_include_pad=self.avg_pool_count_include_pad,
                                         name=name)
             x = stage(block, x)

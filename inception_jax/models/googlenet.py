@@ -2,7 +2,7 @@
 
 Szegedy et al., "Going deeper with convolutions" (2014). The default module is torchvision's
 `googlenet` (a port of the TF-slim checkpoint) layer for layer, with module names matching its
-state_dict, so `inception_jax.convert.from_torch("googlenet", ...)` loads it by name. Quirks kept for
+state_dict, so `inception_jax.tools.convert.from_torch("googlenet", ...)` loads it by name. Quirks kept for
 parity (REFERENCES.md §3.1, §3.2):
 
 * conv1 is 7x7/2 with symmetric padding 3 (TF 'SAME' would pad (2, 3) and shift the grid);
@@ -47,7 +47,7 @@ from inception_jax.models.layers import Dtype, PaddingMode
 from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj), paper Table 1 = torchvision.
-_INCEPTION_CFG = {
+INCEPTION_BLOCKS = {
     "inception3a": (64, 96, 128, 16, 32, 32),
     "inception3b": (128, 128, 192, 32, 96, 64),
     "inception4a": (192, 96, 208, 16, 48, 64),
@@ -204,7 +204,7 @@ class GoogLeNet(nn.Module):
         x = max_pool(x, 3, 2)
 
         aux = []
-        for name, widths in _INCEPTION_CFG.items():
+        for name, widths in INCEPTION_BLOCKS.items():
             x = stage(layers.remat_if(Inception, self.remat)(*widths, conv=conv, branch3_kernel=self.branch3_kernel, naive=self.naive,
                                 padding_mode=self.padding_mode, name=name), x)
             if name in _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):

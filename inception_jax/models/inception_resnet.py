@@ -2,7 +2,7 @@
 Residual Connections on Learning").
 
 `inception_resnet_v2` is timm's `inception_resnet_v2` (Cadene's port of TF-slim) layer for layer, with
-module names matching its state_dict so `inception_jax.convert.from_torch` loads timm weights by name:
+module names matching its state_dict so `inception_jax.tools.convert.from_torch` loads timm weights by name:
 `conv2d_1a` ... `conv2d_4a`, `mixed_5b`, `repeat_0..9` (timm's Sequential `repeat.N`), `mixed_6a`,
 `repeat_1_0..19`, `mixed_7a`, `repeat_2_0..8`, `block8`, `conv2d_7b`, `classif`. Like the released TF
 graph (and unlike the paper, which gives IR-v2 the v4 stem of Fig. 3) its stem is Inception-v3's plus a

@@ -4,7 +4,7 @@ Architecture for Computer Vision", arXiv:1512.00567).
 `inception_v3` is exactly timm's / torchvision's `inception_v3` (timm's file is a copy of torchvision's):
 the same module tree and names (`Conv2d_1a_3x3` ... `Mixed_7c`, branches `branch1x1`, `branch5x5_1`,
 `branch3x3dbl_1`, `branch_pool`, ..., `AuxLogits/{conv0,conv1,fc}`, classifier `fc`), so their
-state_dicts load by name through `inception_jax.convert.from_torch`, and the logits match. The quirks
+state_dicts load by name through `inception_jax.tools.convert.from_torch`, and the logits match. The quirks
 that matter for that parity (REFERENCES.md §3.1, §3.2):
 
 * Average pools inside the blocks are 3x3/1 pad 1 with `count_include_pad=True` (PyTorch's default, kept by
@@ -67,7 +67,7 @@ Design switches (module fields), each an ablation the paper names; the defaults 
 rebuilds it (`FIDInceptionA/C/E_1/E_2`): every block's average pool excludes the padding, Mixed_7c's pool
 branch is a 3x3/1 max pool (`mixed_7c_pool="max"`), 1008 classes, no aux head. pytorch-fid's
 `pt_inception-2015-12-05` state_dict loads by name through `from_torch`. `bn_use_scale=False` drops
-BatchNorm's gamma, as Keras' InceptionV3 builds it (`inception_jax.convert.from_keras`).
+BatchNorm's gamma, as Keras' InceptionV3 builds it (`inception_jax.tools.convert.from_keras`).
 
 `inception_v2` is the paper's intermediate "Inception-v2" (Table 3), of which no code or weights exist.
 Table 3 lists it, then rows adding RMSProp, Label Smoothing, Factorized 7 x 7 and BN-auxiliary (the last

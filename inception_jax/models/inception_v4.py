@@ -1,7 +1,7 @@
 """Inception-v4 (Szegedy et al. 2016, "Inception-v4, Inception-ResNet and the Impact of Residual
 Connections on Learning"), layer for layer as timm's `inception_v4` (Cadene's port of TF-slim).
 
-Module names follow timm's state_dict, so `inception_jax.convert.from_torch("inception_v4", ...)` loads
+Module names follow timm's state_dict, so `inception_jax.tools.convert.from_torch("inception_v4", ...)` loads
 timm weights by name: the trunk is `features_0` ... `features_21` (timm's `nn.Sequential` `features.N`),
 Sequential branches are `branch1_0`, `branch1_1`, ..., the classifier is `last_linear`. Quirks kept for
 parity (REFERENCES.md §3.1, §3.2):

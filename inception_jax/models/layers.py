@@ -128,7 +128,7 @@ class ConvBN(nn.Module):
         )(x)
         if self.use_bn:
             # `use_running_average` is a call argument, not a field, so that fine-tuning can hold the
-            # statistics fixed in train mode by intercepting this call (inception_jax.finetune).
+            # statistics fixed in train mode by intercepting this call (inception_jax.trainer.finetune).
             x = BatchNorm(
                 momentum=self.bn_momentum,
                 epsilon=self.bn_epsilon,

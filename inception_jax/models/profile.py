@@ -72,6 +72,12 @@ def count_macs(model, variables, input_size: int, *, train: bool = False) -> int
     return _jaxpr_macs(closed.jaxpr)
 
 
+def params_and_macs(model, input_size: int) -> tuple[int, int]:
+    """(parameters, MACs of one eval forward pass on one image) of a network, without allocating."""
+    variables = abstract_variables(model, input_size)
+    return count_params(variables["params"]), count_macs(model, variables, input_size)
+
+
 def abstract_variables(model, input_size: int):
     """Variable shapes without allocating or computing anything (`jax.eval_shape` of `init`)."""
     x = jax.ShapeDtypeStruct((1, input_size, input_size, model.in_channels), jnp.float32)
@@ -91,7 +97,7 @@ def num_aux_heads(model, input_size: int) -> int:
 
 
 def summary_row(name: str) -> dict:
-    """One row of `python -m inception_jax.models`: parameters (without / with aux), GMACs, input sizes."""
+    """One row of `inception-models`: parameters (without / with aux), GMACs, input sizes."""
     data = registry.data_config(name)
     model = registry.create_model(name, aux_logits=False)
     variables = abstract_variables(model, data.input_size)

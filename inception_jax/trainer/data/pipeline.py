@@ -28,7 +28,7 @@ Convert such a dataset once to get the global order:
 The program never downloads. A dataset must already be prepared in `config.dataset.data_dir` (None:
 the TFDS default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`); otherwise `dataset_info` and the
 iterators fail at once with the command that prepares it. The one exception is `digits` (the built-in
-scikit-learn digits builder, `inception_jax.data.digits`), which is built offline on first use.
+scikit-learn digits builder, `inception_jax.trainer.data.digits`), which is built offline on first use.
 
 Preparing the usual datasets (run once, on a machine with network; then copy the data dir if needed;
 `--file_format=array_record` gives the random access described above):
@@ -65,7 +65,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from inception_jax.data import digits, preprocess
+from inception_jax.trainer.data import digits, preprocess
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ import tempfile
 
 import ml_collections
 
-from inception_jax import finetune, kernels
-from inception_jax.checkpoint import CHECKPOINT_DIR
-from inception_jax.config_base import base_config
-from inception_jax.metrics import CONFIG_FILE
+from inception_jax import kernels
+from inception_jax.trainer import finetune
+from inception_jax.trainer.checkpoint import CHECKPOINT_DIR
+from inception_jax.trainer.config import base_config
+from inception_jax.trainer.rundir import CONFIG_FILE
 from inception_jax.models import profile, registry
 
 

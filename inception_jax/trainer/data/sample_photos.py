@@ -1,7 +1,7 @@
 """`sample_photos`: ImageNet-like JPEGs made offline from scikit-learn's two sample photographs.
 
 The input pipeline's cost is decoding and augmenting full-size JPEG photos, which `digits` (8x8 PNGs)
-does not exercise. This builder gives `python -m inception_jax.bench --mode input` a realistic workload
+does not exercise. This builder gives `inception-bench --mode input` a realistic workload
 wherever it runs, with no network: the source is `sklearn.datasets.load_sample_images()`, the photos
 china.jpg and flower.jpg (640x427, CC BY 2.0, shipped inside scikit-learn; see its
 datasets/images/README.txt for the attribution).

@@ -1,6 +1,6 @@
 """Speed of a variant's train or inference step, side by side with its PyTorch reference, or of the
 training input pipeline that feeds it:
-`python -m inception_jax.bench --model inception_v3 [--mode train|infer|input] [--compare timm] [--json]`.
+`inception-bench --model inception_v3 [--mode train|infer|input] [--compare timm] [--json]`.
 
 What is timed is the trainer's own jitted step (`train.make_train_step`: forward, loss, gradients,
 optimizer update, BatchNorm statistics) or the eval forward pass, on random data already on the
@@ -91,7 +91,7 @@ class BenchError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m inception_jax.bench", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="inception-bench", description=__doc__.splitlines()[0],
                                 allow_abbrev=False)
     p.add_argument("--model", help="a registered variant, e.g. inception_v3")
     p.add_argument("--mode", choices=("train", "infer", "input"), default="train",
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation figure")
     p.add_argument("--xla-cpu-convolutions", choices=("eigen", "ynnpack"), default="eigen",
                    help="on a CPU: XLA's own convolutions (our default) or its YNNPACK library (XLA's default); "
-                        "see inception_jax/compilation.py")
+                        "see inception_jax/kernels.py")
     p.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto",
                    help="backend-specific forms (inception_jax/kernels.py): 'auto' takes the CPU forms on a CPU")
     p.add_argument("--jit", choices=("project", "plain"), default="project",
@@ -195,7 +195,7 @@ def check_args(args, registry) -> dict[str, Any]:
 
 
 def _bench_config(args, options):
-    from inception_jax.config_base import base_config
+    from inception_jax.trainer.config import base_config
 
     c = base_config()
     c.model.name = args.model
@@ -222,7 +222,9 @@ def _ours(args, options, mesh):
     import jax.numpy as jnp
     import numpy as np
 
-    from inception_jax import compilation, optim, parallel, train
+    from inception_jax import optim
+    from inception_jax import kernels
+    from inception_jax.trainer import compilation, parallel, train
     from inception_jax.models import profile
 
     config = _bench_config(args, options)
@@ -251,7 +253,7 @@ def _ours(args, options, mesh):
     else:
         forward = train.kernel_scope(lambda v, x: model.apply(v, x, train=False)[0], config, mesh)
         jitted = jax.jit(forward, out_shardings=replicated,
-                         compiler_options=compilation.compiler_options(mesh, args.xla_cpu_convolutions))
+                         compiler_options=kernels.compiler_options(mesh, args.xla_cpu_convolutions))
         call_args = (variables, batch["image"])
 
     _, compile_s, _ = compilation.compile_timed(jitted, *call_args)
@@ -415,7 +417,7 @@ def run(args) -> dict[str, Any]:
         return _measure_input(args, data, threads)
     import jax
 
-    from inception_jax import compilation
+    from inception_jax.trainer import compilation
 
     if args.image_size < data.min_input_size:
         raise BenchError(f"--image-size {args.image_size} is below {args.model}'s minimum {data.min_input_size}")
@@ -439,7 +441,7 @@ def run(args) -> dict[str, Any]:
 def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, Any]:
     import jax
 
-    from inception_jax import parallel
+    from inception_jax.trainer import parallel
 
     step, compile_s, cached_s, cache_hit, gflops, temp_bytes = _ours(args, options, parallel.make_mesh(devices))
     for _ in range(args.warmup):
@@ -506,7 +508,7 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
 def _input_config(args, data, data_dir):
     """The trainer's config for this dataset: the variant's input defaults (as `validation` fills them),
     the ImageNet recipe's augmentation. mean/std only satisfy the pipeline's check: batches stay uint8."""
-    from inception_jax.config_base import base_config
+    from inception_jax.trainer.config import base_config
 
     c = base_config()
     c.model.name = args.model
@@ -524,7 +526,7 @@ def _input_config(args, data, data_dir):
 
 def _dataset_info(config, args):
     """`pipeline.dataset_info`, which reads only metadata: a missing dataset fails here, before any work."""
-    from inception_jax.data import pipeline
+    from inception_jax.trainer.data import pipeline
 
     try:
         return pipeline.dataset_info(config)
@@ -532,7 +534,7 @@ def _dataset_info(config, args):
         build = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("tfds build")), "")
         where = args.data_dir or "(TFDS's default)"
         raise BenchError(f"--dataset {args.dataset} is not prepared in --data-dir {where}; prepare it once"
-                         f" with `{build}` (see inception_jax/data/pipeline.py), or drop --dataset "
+                         f" with `{build}` (see inception_jax/trainer/data/pipeline.py), or drop --dataset "
                          "and --data-dir to time the built-in sample_photos set") from None
     except ValueError as e:  # an unknown name or split; the pipeline's message names the config fields
         name = args.dataset or "sample_photos"
@@ -568,7 +570,7 @@ def _measure_input(args, data, threads: int) -> dict[str, Any]:
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from inception_jax.data import pipeline, sample_photos
+    from inception_jax.trainer.data import pipeline, sample_photos
 
     tfds.display_progress_bar(False)
     with tempfile.TemporaryDirectory(prefix="inception_jax_bench_data_") as tmp:
@@ -581,7 +583,7 @@ def _measure_input(args, data, threads: int) -> dict[str, Any]:
         info = _dataset_info(config, args)
         mean_bytes = _mean_jpeg_bytes(config)
         batches = pipeline.make_train_iterator(config, global_batch_size=args.batch_size, rows=(0, args.batch_size))
-        step = lambda: next(batches)  # noqa: E731
+        step = batches.__next__
         for _ in range(args.warmup):  # tf.data's autotuning settles its parallelism and buffers
             step()
         cpu_start = sum(os.times()[:2])  # user + system seconds of all our threads

@@ -30,10 +30,12 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from inception_jax import checkpoint as ckpt_lib
-from inception_jax import compilation, finetune, kernels
-from inception_jax import losses, metrics as metrics_lib, optim, parallel
-from inception_jax import validation
+from inception_jax.trainer import checkpoint as ckpt_lib
+from inception_jax import kernels
+from inception_jax.trainer import compilation, finetune, rundir
+from inception_jax import losses, optim
+from inception_jax.trainer import metrics as metrics_lib, parallel
+from inception_jax.trainer import validation
 from inception_jax.models import registry, stacking
 
 log = logging.getLogger(__name__)
@@ -254,7 +256,7 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
     replicated = parallel.replicated(mesh)
     return jax.jit(kernel_scope(step_fn, config, mesh, platform), donate_argnums=(0,),
                    out_shardings=(replicated, replicated),
-                   compiler_options=compilation.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
+                   compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
 
 
 def make_eval_step(model, mesh, config, *, platform: str | None = None):
@@ -277,7 +279,7 @@ def make_eval_step(model, mesh, config, *, platform: str | None = None):
         }
 
     return jax.jit(kernel_scope(eval_step, config, mesh, platform), out_shardings=parallel.replicated(mesh),
-                   compiler_options=compilation.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
+                   compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
 
 
 def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
@@ -334,7 +336,7 @@ class StopRequest:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains and evaluates `config` in `workdir`, resuming from the workdir's latest checkpoint."""
-    from inception_jax.data import pipeline  # TF is imported only by runs that read data
+    from inception_jax.trainer.data import pipeline  # TF is imported only by runs that read data
 
     # 1. Validate everything cheap before anything expensive.
     config = validation.validated(config)
@@ -491,6 +493,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step < total_steps and last_saved != step:  # interrupted: keep what we have
             check_finite()
             checkpointer.save(step, state, {"step": step}, force=True)
+    except (NonFiniteLossError, ckpt_lib.CheckpointWriteError) as e:
+        if is_main:
+            rundir.write_status(workdir, rundir.FAILED, step=step, total_steps=total_steps, exit_code=1, error=str(e))
+        raise
     finally:
         checkpointer.close()
         progress.close()
@@ -504,6 +510,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             print(f"{done} at step {step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}",
                   flush=True)
     writer.close()
+    if is_main:
+        rundir.write_status(workdir, rundir.FINISHED if step == total_steps else rundir.INTERRUPTED, step=step,
+                            total_steps=total_steps)
     return state
 
 

@@ -83,16 +83,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.compilation_cache = True  # JAX's persistent compilation cache: restarts and sweeps skip recompiling
     c.compilation_cache_dir = placeholder(str)  # None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/inception_jax/xla
     # On a CPU: "eigen" (XLA's own convolutions; Inception steps 1.2-1.7x faster here) or "ynnpack"
-    # (XLA's default library); see inception_jax/compilation.py. No effect on GPUs and TPUs.
+    # (XLA's default library); see inception_jax/kernels.py. No effect on GPUs and TPUs.
     c.xla_cpu_convolutions = "eigen"
 
     c.init_from = placeholder(str)  # a converted .msgpack or another run's workdir: fine-tune from its weights
-    # Fine-tuning (inception_jax/finetune.py): "all" | "head" | "last:K" | "Mixed_7b,Mixed_7c" (blocks + head)
+    # Fine-tuning (inception_jax/trainer/finetune.py): "all" | "head" | "last:K" | "Mixed_7b,Mixed_7c" (blocks + head)
     c.trainable = "all"
     c.freeze_bn = False  # every BatchNorm normalises with (and keeps) its running statistics in training
     c.backbone_lr_multiplier = 1.0  # e.g. 0.1: non-head parameters move at a tenth of the learning rate
     c.eval_only = False  # evaluate the workdir's checkpoint (or init_from) and exit
     return c
+
+
+def flag_value(value) -> str:
+    """A Python value as `--config.x=` text that ml_collections parses back to the same value."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        inner = ", ".join(repr(v) if isinstance(v, str) else flag_value(v) for v in value)
+        if isinstance(value, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

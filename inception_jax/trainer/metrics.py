@@ -1,10 +1,6 @@
-"""Run reporting: `metrics.jsonl`, TensorBoard events, `config.json` and a progress bar.
-
-The workdir files are the interface sweeps and reports read, so their names are stable:
-`metrics.jsonl` holds one JSON object per logged step with `step` and keys such as `train/loss`,
-`train/top1`, `train/learning_rate`, `train/images_per_sec`, `eval/top1`, `eval/top5`.
-Only process 0 writes; the other processes get a writer that does nothing.
-"""
+"""Writing a run's metrics (`metrics.jsonl`, TensorBoard events) and `config.json`, and the progress
+bar. `rundir` owns the files' names and reads them back. Only process 0 writes; the other processes get
+a writer that does nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +11,8 @@ import time
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.json"
+from inception_jax.trainer import rundir
+
 
 
 def _jsonable(value):
@@ -31,7 +27,7 @@ class MetricWriter:
 
     def __init__(self, workdir: str, *, enabled: bool = True):
         self.enabled = enabled
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = os.path.join(workdir, rundir.METRICS_FILE)
         self._tb = None
         self._tb_dir = os.path.join(workdir, "tensorboard")
         self._purge_step = None
@@ -86,17 +82,8 @@ def _record_step(line: str) -> int:
         return -1  # a torn last line from a killed run: drop it
 
 
-def read_metrics(workdir: str) -> list[dict]:
-    """Loads `metrics.jsonl` as a list of dicts (for notebooks, sweeps and tests)."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def write_config(workdir: str, config) -> None:
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    with open(os.path.join(workdir, rundir.CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
 

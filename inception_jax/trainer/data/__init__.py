@@ -3,8 +3,8 @@
 Importing this package imports TensorFlow (and hides GPUs from it); the rest of inception_jax never does.
 """
 
-from inception_jax.data import digits, preprocess
-from inception_jax.data.pipeline import (
+from inception_jax.trainer.data import digits, preprocess
+from inception_jax.trainer.data.pipeline import (
     DatasetInfo,
     DatasetNotPreparedError,
     EvalBatches,

@@ -149,12 +149,6 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     spec = cluster_spec(coordinator_address, num_processes, process_id, mode=mode)
     if spec is None:
         return False
-    from jax._src import xla_bridge  # the public API has no "is the backend up" query
-
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError(
-            "cannot join a cluster: JAX was already used in this process as a single process. Start "
-            "a fresh process (or notebook kernel) and call train_and_evaluate before anything else uses JAX.")
     timeout_s = int(timeout_s or _env_int("JAX_INITIALIZATION_TIMEOUT") or 300)
     who = (f"process {spec.process_id} of {spec.num_processes} at {spec.coordinator_address}"
            if spec.launcher == "explicit" else f"a {spec.launcher} cluster (addresses from JAX's detection)")
@@ -174,6 +168,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
         jax.distributed.initialize(spec.coordinator_address, spec.num_processes, spec.process_id,
                                    local_device_ids=local_device_ids(spec.launcher),
                                    initialization_timeout=timeout_s + 30)
+    except RuntimeError as e:
+        if "must be called before" not in str(e):  # JAX's word for a backend already in use
+            raise
+        raise RuntimeError(
+            "cannot join a cluster: JAX was already used in this process as a single process. Start "
+            "a fresh process (or notebook kernel) and call train_and_evaluate before anything else uses JAX.") from None
     finally:
         joined.set()
     print(f"joined: process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local "

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from inception_jax.convert.torch_weights import WeightMismatchError, listing
+from inception_jax.tools.convert.torch_weights import WeightMismatchError, listing
 from inception_jax.models import registry, stacking
 
 SUPPORTED = ("inception_v3", "inception_resnet_v2")

@@ -1,4 +1,4 @@
-"""`python -m inception_jax.convert [--from torch|keras] --model NAME IN_FILE OUT_FILE`: PyTorch or Keras
+"""`inception-convert [--from torch|keras] --model NAME IN_FILE OUT_FILE`: PyTorch or Keras
 weights -> a Flax file.
 
 `--from torch` (the default): IN_FILE is a local timm/torchvision `.safetensors` or `.pth` (read with
@@ -8,7 +8,7 @@ InceptionResNetV2 file (`--model inception_v3` / `inception_resnet_v2`): a `.ker
 be installed). The Flax file then records the options that make our model compute Keras' function
 (`keras_model_options`, e.g. BatchNorm without gamma) and the class count found in IN_FILE.
 OUT_FILE is msgpack (no code can hide in it); load it back with
-`model, variables = inception_jax.convert.load_variables(OUT_FILE)`.
+`model, variables = inception_jax.tools.convert.load_variables(OUT_FILE)`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inception_jax.convert.files import save_variables
-from inception_jax.convert.keras_weights import SUPPORTED as KERAS_MODELS
-from inception_jax.convert.keras_weights import from_keras, keras_model_options
-from inception_jax.convert.torch_weights import WeightMismatchError, from_torch
+from inception_jax.weights import save_variables
+from inception_jax.tools.convert.keras_weights import SUPPORTED as KERAS_MODELS
+from inception_jax.tools.convert.keras_weights import from_keras, keras_model_options
+from inception_jax.tools.convert.torch_weights import WeightMismatchError, from_torch
 from inception_jax.models import profile, registry
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_jax.convert",
+    parser = argparse.ArgumentParser(prog="inception-convert",
                                      description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--from", dest="source", choices=("torch", "keras"), default="torch",
                         help="the framework IN_FILE comes from (default: torch)")

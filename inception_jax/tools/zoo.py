@@ -1,4 +1,4 @@
-"""Model report: `python -m inception_jax.models [--json] [--models NAME ...]`.
+"""Model report: `inception-models [--json] [--models NAME ...]`.
 
 One row per registered variant: parameters without and with aux heads, GMACs at the default input
 size (conv + linear multiply-accumulates counted from the traced program, see `profile.py`), and the
@@ -15,7 +15,7 @@ from inception_jax.models import profile, registry
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_jax.models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="inception-models", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--models", nargs="*", default=None, help="only these variants")
     args = parser.parse_args(argv)

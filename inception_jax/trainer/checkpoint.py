@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from inception_jax import finetune, parallel
+from inception_jax.trainer import finetune, parallel
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,10 @@ def _check_digest(state, meta: dict) -> None:
 def load_init_variables(path: str) -> dict:
     """Reads `params`/`batch_stats` from a converted weight file or another run's checkpoint.
 
-    Accepts a `.msgpack` written by `python -m inception_jax.convert`, a workdir, or its
+    Accepts a `.msgpack` written by `inception-convert`, a workdir, or its
     `checkpoints/` directory (the newest step is used). Returns numpy trees.
     """
-    from inception_jax.convert.files import load_variables
+    from inception_jax.weights import load_variables
 
     if os.path.isfile(path):
         _, variables = load_variables(path)
@@ -214,7 +214,7 @@ def load_init_variables(path: str) -> dict:
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"config.init_from={path!r} is neither a weight file nor a run directory; pass a .msgpack "
-            "from `python -m inception_jax.convert` or a previous run's workdir")
+            "from `inception-convert` or a previous run's workdir")
     manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     step = manager.latest_step()

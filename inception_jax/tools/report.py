@@ -1,15 +1,8 @@
-"""Study reports: `python -m inception_jax.report DIR [--out DIR] [--metric eval/top1]`.
+"""Study reports: `inception-report DIR [--out DIR] [--metric eval/top1]`.
 
-Reads what runs leave on disk (each workdir's `config.json` and `metrics.jsonl`, and the sweep's
-`sweep.json` when there is one) and writes `report.md` plus PNG plots: per study, a table with one row
-per setting (a run's overrides other than `seed`) giving the mean and standard deviation over seeds;
-the metric over steps (mean over seeds, band of one standard deviation); the final metric against
-GMACs; and one sentence per comparison saying whether the difference exceeds the seed-to-seed spread
-(Welch's t-test, two-sided, p < 0.05). `summarise(DIR)` returns the table rows for a notebook.
-
-DIR is a sweep directory, a directory of sweep directories, or a directory of plain workdirs (their
-settings are then the config fields that differ between them). Imports no trainer; matplotlib only
-when plotting.
+Reads the runs under DIR (a sweep directory, a directory of them, or plain workdirs) and writes `report.md`
+with PNG plots: per study, a pandas table of mean ± sd over seeds per setting, the metric over steps, the
+final metric against GMACs, and Welch's t-test verdicts (scipy). `summarise(DIR)` returns the table rows.
 """
 
 from __future__ import annotations
@@ -22,8 +15,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-from inception_jax import sweep
-from inception_jax.metrics import CONFIG_FILE, METRICS_FILE
+import pandas as pd
+import scipy.stats
+
+from inception_jax.trainer import rundir
+from inception_jax.trainer.config import flag_value
+from inception_jax.trainer.rundir import CONFIG_FILE, MANIFEST_FILE
 
 ALPHA = 0.05  # two-sided significance level of the comparisons
 
@@ -44,7 +41,7 @@ class RunResult:
 
     @property
     def setting(self) -> dict:
-        return sweep.setting_of(self.overrides)
+        return rundir.setting_of(self.overrides)
 
     def final(self) -> dict | None:
         """The final eval record (at the run's last step), or None while the run is unfinished."""
@@ -75,55 +72,33 @@ class StudyRuns:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    """metrics.jsonl; a torn last line (a killed run) is skipped. Non-finite values are stored as text."""
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def load_studies(path: str) -> list[StudyRuns]:
     """Every study under `path`: a sweep directory, a directory of them, or a directory of workdirs."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path} is not a directory")
-    if os.path.exists(os.path.join(path, sweep.MANIFEST)):
+    if os.path.exists(os.path.join(path, MANIFEST_FILE)):
         return [_load_sweep(path)]
     subdirs = sorted(os.path.join(path, d) for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    sweeps = [_load_sweep(d) for d in subdirs if os.path.exists(os.path.join(d, sweep.MANIFEST))]
+    sweeps = [_load_sweep(d) for d in subdirs if os.path.exists(os.path.join(d, MANIFEST_FILE))]
     if sweeps:
         return sweeps
     plain = [d for d in subdirs if os.path.exists(os.path.join(d, CONFIG_FILE))]
     if not plain:
-        raise FileNotFoundError(f"{path} holds no {sweep.MANIFEST} and no run directory with a {CONFIG_FILE}")
+        raise FileNotFoundError(f"{path} holds no {MANIFEST_FILE} and no run directory with a {CONFIG_FILE}")
     return [_load_plain(path, plain)]
 
 
 def _load_sweep(directory: str) -> StudyRuns:
-    manifest = sweep.read_manifest(directory)
+    manifest = rundir.read_manifest(directory)
     runs = []
     for rec in manifest["runs"]:
         workdir = os.path.join(directory, rec["workdir"])
         status = rec["status"]
-        if status != "done" and sweep.finished_on_disk(workdir, rec.get("total_steps")):
+        if status != "done" and rundir.is_finished(workdir):
             status = "done"  # finished by a SLURM array task since the manifest was written
         runs.append(RunResult(
             name=rec["name"], workdir=workdir, overrides=rec["overrides"], status=status,
-            records=_read_jsonl(os.path.join(workdir, METRICS_FILE)), config=_read_json(os.path.join(workdir, CONFIG_FILE)),
+            records=rundir.read_metrics(workdir), config=rundir.read_config(workdir) or {},
             exit_code=rec.get("exit_code"), error=rec.get("error"), wall_time_s=rec.get("wall_time_s"),
             params=rec.get("params"), gmacs=rec.get("gmacs")))
     return StudyRuns(manifest.get("study", os.path.basename(directory)), directory, runs, manifest,
@@ -145,14 +120,13 @@ _NOT_SETTINGS = {"progress_bar", "dataset.data_dir", "init_from", "eval_only"}
 
 def _load_plain(directory: str, workdirs: list[str]) -> StudyRuns:
     """Workdirs without a manifest: a run's setting is the config fields that differ between runs."""
-    configs = {d: _flat(_read_json(os.path.join(d, CONFIG_FILE))) for d in workdirs}
+    configs = {d: _flat(rundir.read_config(d) or {}) for d in workdirs}
     keys = sorted({k for c in configs.values() for k in c} - _NOT_SETTINGS)
     varying = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
     runs = []
     for d in workdirs:
-        records = _read_jsonl(os.path.join(d, METRICS_FILE))
-        run = RunResult(os.path.basename(d), d, {k: configs[d].get(k) for k in varying}, "unknown", records,
-                        _read_json(os.path.join(d, CONFIG_FILE)))
+        run = RunResult(os.path.basename(d), d, {k: configs[d].get(k) for k in varying}, "unknown",
+                        rundir.read_metrics(d), rundir.read_config(d) or {})
         run.status = "done" if run.final() else "unfinished"
         runs.append(run)
     return StudyRuns(os.path.basename(os.path.abspath(directory)), directory, runs, None, (), _settings_in_order(runs))
@@ -178,24 +152,15 @@ def _num(value) -> float:
         return math.nan
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))  # sample std
+def _stat(value) -> float | None:
+    """A pandas statistic as a float, or None where it is missing (no values, or one for a std)."""
+    return None if pd.isna(value) else float(value)
 
 
 def _images_per_sec(run: RunResult) -> float:
     """Median over logging windows after the first (which includes compiling)."""
     rates = [_num(r["perf/images_per_sec"]) for r in run.records if "perf/images_per_sec" in r][1:]
-    rates = sorted(v for v in rates if not math.isnan(v))
-    if not rates:
-        return math.nan
-    mid = len(rates) // 2
-    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
+    return float(pd.Series(rates, dtype=float).median())  # skips NaN; NaN when none is left
 
 
 def _final_train_loss(run: RunResult) -> float:
@@ -205,13 +170,13 @@ def _final_train_loss(run: RunResult) -> float:
 
 def _show(value) -> str:
     """A value as its `--config.x=` text; JSON turned the overrides' tuples into lists."""
-    return sweep.flag_value(tuple(value) if isinstance(value, list) else value)
+    return flag_value(tuple(value) if isinstance(value, list) else value)
 
 
 def label(setting: dict, keys: list[str] | None = None) -> str:
     """`key=value,...` over `keys` (the ones that vary within the study), or `base`."""
     shown = {k: v for k, v in setting.items() if keys is None or k in keys}
-    return ",".join(f"{k}={_show(v)}" for k, v in sweep.ordered(shown)) or "base"
+    return ",".join(f"{k}={_show(v)}" for k, v in rundir.ordered(shown)) or "base"
 
 
 def _varying_keys(settings: list[dict]) -> list[str]:
@@ -219,24 +184,46 @@ def _varying_keys(settings: list[dict]) -> list[str]:
     return [k for k in keys if len({json.dumps(s.get(k, "<unset>"), default=str) for s in settings}) > 1] or keys
 
 
+_STATS = ("metric", "top1", "top5", "train_loss", "images_per_sec", "wall_time_s")
+
+
+def finals(study: StudyRuns, metric: str = "eval/top1") -> pd.DataFrame:
+    """One row per finished run: its setting (index in the study's order, and label), seed and finals."""
+    records = []
+    for i, setting in enumerate(study.settings):
+        for run in study.runs:
+            final = run.final() if run.setting == setting else None
+            if final is not None:
+                records.append({
+                    "setting_index": i, "setting": label(setting), "seed": run.overrides.get("seed"),
+                    "metric": _num(final.get(metric)), "top1": _num(final.get("eval/top1")),
+                    "top5": _num(final.get("eval/top5")), "train_loss": _final_train_loss(run),
+                    "images_per_sec": _images_per_sec(run), "wall_time_s": _num(run.wall_time_s)})
+    frame = pd.DataFrame(records, columns=["setting_index", "setting", "seed", *_STATS])
+    return frame.astype({k: float for k in _STATS} | {"setting_index": int})
+
+
 def rows_of(study: StudyRuns, metric: str = "eval/top1") -> list[dict]:
     """One row per setting, in the study's order."""
     keys = _varying_keys(study.settings)
+    frame = finals(study, metric)
+    # NaN-skipping mean and sample std (ddof=1; NaN from a single value), one row per setting.
+    stats = frame.groupby("setting_index", sort=False)[list(_STATS)].agg(["mean", "std"])
+    stats = stats.reindex(range(len(study.settings)))
     rows = []
-    for setting in study.settings:
+    for i, setting in enumerate(study.settings):
         runs = [r for r in study.runs if r.setting == setting]
-        finals = [(r, r.final()) for r in runs]
-        done = [(r, f) for r, f in finals if f is not None]
+        done = frame[frame["setting_index"] == i]
         row = {"study": study.name, "setting": label(setting), "label": label(setting, keys),
                "overrides": setting, "runs": len(runs), "seeds": len(done),
                "failed": sum(r.status == "failed" for r in runs),
-               "unfinished": sum(f is None and r.status != "failed" for r, f in finals),
-               "metric": metric, "values": [_num(f.get(metric)) for _, f in done]}
-        for key, name in ((metric, "metric"), ("eval/top1", "top1"), ("eval/top5", "top5")):
-            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([_num(f.get(key)) for _, f in done])
-        row["train_loss_mean"], row["train_loss_std"] = _mean_std([_final_train_loss(r) for r, _ in done])
-        row["images_per_sec"], _ = _mean_std([_images_per_sec(r) for r, _ in done])
-        row["wall_time_s"], _ = _mean_std([_num(r.wall_time_s) for r, _ in done])
+               "unfinished": sum(r.final() is None and r.status != "failed" for r in runs),
+               "metric": metric, "values": done["metric"].tolist()}
+        for name in ("metric", "top1", "top5", "train_loss"):
+            row[f"{name}_mean"] = _stat(stats.at[i, (name, "mean")])
+            row[f"{name}_std"] = _stat(stats.at[i, (name, "std")])
+        row["images_per_sec"] = _stat(stats.at[i, ("images_per_sec", "mean")])
+        row["wall_time_s"] = _stat(stats.at[i, ("wall_time_s", "mean")])
         row["params"] = next((r.params for r in runs if r.params is not None), None)
         row["gmacs"] = next((r.gmacs for r in runs if r.gmacs is not None), None)
         row["errors"] = [f"{r.name}: exit {r.exit_code}: {r.error}" for r in runs if r.status == "failed"]
@@ -250,13 +237,9 @@ def summarise(path: str, metric: str = "eval/top1") -> list[dict]:
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
-    """Welch's unequal-variance t-test: (t, degrees of freedom, two-sided p)."""
-    from scipy import stats  # installed with scikit-learn, a dependency
-
-    result = stats.ttest_ind(a, b, equal_var=False)
-    va, vb = _mean_std(a)[1] ** 2 / len(a), _mean_std(b)[1] ** 2 / len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if va + vb > 0 else math.inf
-    return float(result.statistic), df, float(result.pvalue)
+    """Welch's unequal-variance t-test: (t, Welch-Satterthwaite degrees of freedom, two-sided p)."""
+    result = scipy.stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.df), float(result.pvalue)
 
 
 def _pairs(study: StudyRuns, rows: list[dict]) -> list[tuple[dict, dict]]:
@@ -268,8 +251,8 @@ def _pairs(study: StudyRuns, rows: list[dict]) -> list[tuple[dict, dict]]:
     for j, b in enumerate(rows):
         earlier = [a for a in rows[:j] if group(a["overrides"]) == group(b["overrides"])]
         if earlier:
-            diff = lambda a: sum(a["overrides"].get(k, "<unset>") != b["overrides"].get(k, "<unset>")
-                                 for k in set(a["overrides"]) | set(b["overrides"]))
+            diff = lambda a, b=b: sum(a["overrides"].get(k, "<unset>") != b["overrides"].get(k, "<unset>")
+                                      for k in set(a["overrides"]) | set(b["overrides"]))
             pairs.append((min(earlier, key=diff), b))
     return pairs
 
@@ -316,14 +299,12 @@ def compare(a: dict, b: dict) -> str:
 def curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float], list[float]]:
     """(steps, mean, std) of `key` over the finished runs (all runs when none has finished)."""
     chosen = [r for r in runs if r.final() is not None] or runs
-    by_step: dict[int, list[float]] = {}
-    for run in chosen:
-        for r in run.records:
-            if key in r and not math.isnan(_num(r[key])):
-                by_step.setdefault(r["step"], []).append(_num(r[key]))
-    steps = sorted(by_step)
-    stats = [_mean_std(by_step[s]) for s in steps]
-    return steps, [m for m, _ in stats], [s or 0.0 for _, s in stats]
+    points = pd.DataFrame([(r["step"], _num(r[key])) for run in chosen for r in run.records if key in r],
+                          columns=["step", "value"]).dropna()
+    if points.empty:
+        return [], [], []
+    by_step = points.groupby("step")["value"].agg(["mean", "std"])  # sorted by step
+    return by_step.index.tolist(), by_step["mean"].tolist(), by_step["std"].fillna(0.0).tolist()
 
 
 def _safe(name: str) -> str:
@@ -405,10 +386,10 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
     m = study.manifest
     if m:
         commits = sorted({r.get("commit") for r in m["runs"] if r.get("commit")})
-        lines += [f"Study `{os.path.relpath(m['study_file'], m['root'])}` on `{m['base_config']}`; "
-                  f"command: `{m['command']}`.",
-                  f"Runs started from commit{'s' if len(commits) > 1 else ''} "
-                  f"{', '.join(f'`{c}`' for c in commits) or 'unknown'}.", ""]
+        lines += [(f"Study `{os.path.relpath(m['study_file'], m['root'])}` on `{m['base_config']}`; "
+                   f"command: `{m['command']}`."),
+                  (f"Runs started from commit{'s' if len(commits) > 1 else ''} "
+                   f"{', '.join(f'`{c}`' for c in commits) or 'unknown'}."), ""]
         if m.get("overrides"):
             lines += ["Every run: " + ", ".join(f"`{k}={_show(v)}`" for k, v in m["overrides"].items())
                       + "".join(f", `{k}={v}`" for k, v in m.get("flags", {}).items()) + ".", ""]
@@ -429,9 +410,9 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
                   f"{r['wall_time_s']:.0f}" if r["wall_time_s"] is not None else "-",
                   str(r["failed"]) + (f" ({r['unfinished']} unfinished)" if r["unfinished"] else "")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample standard deviation over the finished seeds; final eval after the last step. "
-              "Train loss: the last logging window. img/s: median training throughput after the first "
-              "window (which includes compiling). Wall s: per run, all attempts, start-up included.", ""]
+    lines += ["", ("Mean ± sample standard deviation over the finished seeds; final eval after the last step. "
+                   "Train loss: the last logging window. img/s: median training throughput after the first "
+                   "window (which includes compiling). Wall s: per run, all attempts, start-up included."), ""]
     pairs = _pairs(study, rows)
     if pairs:
         lines += [f"Comparisons (Welch's t-test on the per-seed final {metric}, two-sided, p < {ALPHA}):", ""]
@@ -449,8 +430,8 @@ def write_report(path: str, out: str | None = None, metric: str = "eval/top1") -
     out = out or path
     os.makedirs(out, exist_ok=True)
     lines = ["# Experiment report", "",
-             f"Generated by `python -m inception_jax.report` from {sum(len(s.runs) for s in studies)} runs "
-             f"in {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}.", ""]
+             (f"Generated by `inception-report` from {sum(len(s.runs) for s in studies)} runs "
+              f"in {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}."), ""]
     for study in studies:
         rows = rows_of(study, metric)
         lines += _study_section(study, rows, plot(study, rows, out, metric), out, metric)
@@ -461,7 +442,7 @@ def write_report(path: str, out: str | None = None, metric: str = "eval/top1") -
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inception_jax.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="inception-report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", help="a sweep directory, a directory of them, or a directory of run workdirs")
     parser.add_argument("--out", default=None, help="where report.md and the PNGs go (default: DIR)")
     parser.add_argument("--metric", default="eval/top1", help="the metric plotted and compared (default eval/top1)")

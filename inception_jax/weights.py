@@ -40,7 +40,7 @@ def _read_payload(path: str) -> dict:
         raise ValueError(f"{path!r} is not an inception_jax variables file (msgpack): {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != "inception_jax.variables.v1":
         raise ValueError(f"{path!r} is not an inception_jax variables file; write one with "
-                         "`python -m inception_jax.convert` or `inception_jax.convert.save_variables`")
+                         "`inception-convert` or `inception_jax.tools.convert.save_variables`")
     return payload
 
 
@@ -50,13 +50,13 @@ def read_model_spec(path: str | os.PathLike) -> tuple[str, dict]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weight file {path!r} does not exist; convert one with "
-                                "`python -m inception_jax.convert` (nothing is downloaded)")
+                                "`inception-convert` (nothing is downloaded)")
     payload = _read_payload(path)
     return payload["model"], json.loads(payload["options"])
 
 
 def load_variables(path: str | os.PathLike):
-    """Reads a file written by `save_variables` (or `python -m inception_jax.convert`).
+    """Reads a file written by `save_variables` (or `inception-convert`).
 
     Returns `(model, variables)`: the module built with the stored name and options, and its variables,
     ready for `model.apply(variables, images, train=False)`.

@@ -1,7 +1,7 @@
 """Fréchet Inception Distance (FID) in JAX, computed the way pytorch-fid computes it.
 
-    python -m inception_jax.fid PATH1 PATH2 --weights pt_inception-2015-12-05-6726825d.pth
-    python -m inception_jax.fid --save-stats FOLDER OUT.npz --weights WEIGHTS
+    inception-fid PATH1 PATH2 --weights pt_inception-2015-12-05-6726825d.pth
+    inception-fid --save-stats FOLDER OUT.npz --weights WEIGHTS
 
 Each PATH is a folder of images or an `.npz` of statistics (`mu`, `sigma`). The score is
 ||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) over the 2048-d pool3 features of the
@@ -10,7 +10,7 @@ FID Inception network. Why each step is done the way it is (REFERENCES.md §8):
 * Network: the registered `fid_inception_v3`, TF's 2015-12-05 graph as pytorch-fid rebuilds it. Nothing
   is downloaded: `--weights` takes pytorch-fid's own state_dict (`FID_WEIGHTS_NAME`, from its GitHub
   release, `FID_WEIGHTS_URL`) or that file converted with
-  `python -m inception_jax.convert --model fid_inception_v3 IN.pth OUT.msgpack`. A file for any other
+  `inception-convert --model fid_inception_v3 IN.pth OUT.msgpack`. A file for any other
   network is refused: scores are only comparable across papers with exactly this one.
 * Images: pytorch-fid's listing (`list_images`: the folder's files whose extension, lower case, is in
   `IMAGE_EXTENSIONS`, sorted by name; not recursive) and decoding (Pillow, `convert("RGB")`, bytes / 255
@@ -54,8 +54,8 @@ import scipy.linalg
 from PIL import Image
 from tqdm import tqdm
 
-from inception_jax import compilation
-from inception_jax.convert import WeightMismatchError, from_torch, load_variables
+from inception_jax import kernels
+from inception_jax.tools.convert import WeightMismatchError, from_torch, load_variables
 from inception_jax.models import profile, registry
 
 FID_MODEL = "fid_inception_v3"
@@ -79,7 +79,7 @@ class FIDInputError(ValueError):
 
 def load_fid_model(weights: str | os.PathLike | None):
     """Returns `(model, variables)` of the FID network from pytorch-fid's `.pth` (or a `.safetensors`
-    copy), or from a `.msgpack` written by `python -m inception_jax.convert --model fid_inception_v3`.
+    copy), or from a `.msgpack` written by `inception-convert --model fid_inception_v3`.
 
     Raises `FIDInputError` when there is no file or it holds anything but the FID network.
     """
@@ -108,7 +108,7 @@ def load_fid_model(weights: str | os.PathLike | None):
     if model != reference:
         raise FIDInputError(
             f"{path!r} holds {_describe(model, reference)}, not the FID network; convert pytorch-fid's weights "
-            f"with `python -m inception_jax.convert --model {FID_MODEL} {FID_WEIGHTS_NAME} OUT.msgpack`")
+            f"with `inception-convert --model {FID_MODEL} {FID_WEIGHTS_NAME} OUT.msgpack`")
     _check_variable_shapes(path, reference, variables)
     return model, variables
 
@@ -126,7 +126,7 @@ def _check_variable_shapes(path: str, model, variables) -> None:
     have = jax.tree.map(lambda a: tuple(np.shape(a)), {k: variables.get(k, {}) for k in want})
     if want != have:
         raise FIDInputError(f"{path!r} does not hold the FID network's variables (their names or shapes differ); "
-                            f"convert {FID_WEIGHTS_NAME} again with `python -m inception_jax.convert`")
+                            f"convert {FID_WEIGHTS_NAME} again with `inception-convert`")
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -158,7 +158,7 @@ class FeatureExtractor:
         self.model, self.batch_size, self.precision = model, int(batch_size), precision
         self.variables = jax.device_put(dict(variables))  # once, not with every batch
         self._jitted = jax.jit(_network, static_argnames=("model", "precision"),
-                               compiler_options=compilation.compiler_options(jax.devices()))
+                               compiler_options=kernels.compiler_options(jax.devices()))
 
     def network(self, x):
         """`(logits, pool3)` of a batch already at 299 in [-1, 1]; any batch size (each compiles once)."""
@@ -434,7 +434,7 @@ def _run(args) -> None:
 
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m inception_jax.fid",
+        prog="inception-fid",
         description="FID between two folders of images or .npz statistics files, as pytorch-fid computes it.")
     parser.add_argument("path", nargs=2, help="folders of images or .npz statistics (keys mu, sigma); with "
                         "--save-stats: the folder, then the .npz to write")

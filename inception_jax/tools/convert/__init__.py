@@ -1,14 +1,14 @@
 """Weight import: PyTorch (timm / torchvision) checkpoints and Keras application files -> Flax variables,
 and saving them safely."""
 
-from inception_jax.convert.torch_weights import (
+from inception_jax.tools.convert.torch_weights import (
     WeightMismatchError,
     from_torch,
     load_torch_state_dict,
     torch_key_to_flax_path,
 )
-from inception_jax.convert.files import load_variables, save_variables
-from inception_jax.convert.keras_weights import from_keras, keras_model_options
+from inception_jax.weights import load_variables, save_variables
+from inception_jax.tools.convert.keras_weights import from_keras, keras_model_options
 
 __all__ = [
     "WeightMismatchError",

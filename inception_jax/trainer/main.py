@@ -1,4 +1,4 @@
-"""Command line: `python -m inception_jax.main --config=configs/<file>.py[:arg] --workdir=DIR [--config.x=y]`.
+"""Command line: `inception-train --config=configs/<file>.py[:arg] --workdir=DIR [--config.x=y]`.
 
 Flags only; the work is in `train.train_and_evaluate`, which a notebook can call directly.
 The same command runs on one machine and on a cluster: started once per host under SLURM (`srun`),
@@ -51,7 +51,7 @@ def main(argv) -> int:
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()  # ours is the only bar a run shows
-    from inception_jax import checkpoint, parallel, train, validation
+    from inception_jax.trainer import checkpoint, parallel, train, validation
 
     try:  # before anything touches a device: joining a cluster must come first
         parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,

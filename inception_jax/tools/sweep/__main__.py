@@ -1,0 +1,5 @@
+import sys
+
+from inception_jax.tools.sweep.cli import main
+
+sys.exit(main())
