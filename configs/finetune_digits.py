@@ -18,9 +18,11 @@ from inception_jax.weights import read_model_spec
 def get_config(arg=None):
     args = parse_arg(arg, init_from="", blocks=2, image_size=75)
     if not args.init_from:
-        raise ValueError("configs/finetune_digits.py needs a weight file: "
-                         "--config=configs/finetune_digits.py:init_from=FILE.msgpack (from "
-                         "`inception-convert`)")
+        raise ValueError(
+            "configs/finetune_digits.py needs a weight file: "
+            "--config=configs/finetune_digits.py:init_from=FILE.msgpack (from "
+            "`inception-convert`)"
+        )
     name, options = read_model_spec(args.init_from)
     c = base_config()
     c.model.name = name

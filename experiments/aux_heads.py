@@ -23,10 +23,22 @@ SETTINGS = [
     {"model.name": "googlenet", "model.aux_logits": False},
     {"model.name": "googlenet", "model.aux_logits": True, "aux_loss_weights": (0.3, 0.3)},
     {"model.name": "inception_v3", "input.image_size": 75, "total_steps": 300, "model.aux_logits": False},
-    {"model.name": "inception_v3", "input.image_size": 75, "total_steps": 300, "model.aux_logits": True,
-     "aux_loss_weights": (0.4,), "model.bn_aux": True},
-    {"model.name": "inception_v3", "input.image_size": 75, "total_steps": 300, "model.aux_logits": True,
-     "aux_loss_weights": (0.4,), "model.bn_aux": False},
+    {
+        "model.name": "inception_v3",
+        "input.image_size": 75,
+        "total_steps": 300,
+        "model.aux_logits": True,
+        "aux_loss_weights": (0.4,),
+        "model.bn_aux": True,
+    },
+    {
+        "model.name": "inception_v3",
+        "input.image_size": 75,
+        "total_steps": 300,
+        "model.aux_logits": True,
+        "aux_loss_weights": (0.4,),
+        "model.bn_aux": False,
+    },
 ]
 
 

@@ -15,8 +15,13 @@ steps of three blocks can show instability only if it comes early; a null result
 from regimes import DIGITS_75, SEEDS
 
 BASE_CONFIG = "configs/digits.py"
-OVERRIDES = {**DIGITS_75, "model.name": "inception_resnet_v2", "model.width_multiplier": 1.0,
-             "model.depths": (1, 1, 1), "total_steps": 200}
+OVERRIDES = {
+    **DIGITS_75,
+    "model.name": "inception_resnet_v2",
+    "model.width_multiplier": 1.0,
+    "model.depths": (1, 1, 1),
+    "total_steps": 200,
+}
 
 
 def sweep():

@@ -10,5 +10,14 @@ from inception_jax.models import DataConfig, create_model, data_config, list_mod
 from inception_jax.weights import load_variables, read_model_spec, save_variables
 
 __version__ = "0.1.0"
-__all__ = ["DataConfig", "create_model", "data_config", "list_models", "load_variables", "model_options", "models",
-           "read_model_spec", "save_variables"]
+__all__ = [
+    "DataConfig",
+    "create_model",
+    "data_config",
+    "list_models",
+    "load_variables",
+    "model_options",
+    "models",
+    "read_model_spec",
+    "save_variables",
+]

@@ -35,8 +35,10 @@ _choice = contextvars.ContextVar("inception_jax_kernels", default="auto")
 
 def check(kernels: str, field: str = "kernels") -> str:
     if kernels not in KERNELS:
-        raise ValueError(f"{field}={kernels!r} is not one of {KERNELS}: 'auto' picks the CPU forms for CPU "
-                         "programs and XLA's operations elsewhere, 'xla' and 'cpu' force one")
+        raise ValueError(
+            f"{field}={kernels!r} is not one of {KERNELS}: 'auto' picks the CPU forms for CPU "
+            "programs and XLA's operations elsewhere, 'xla' and 'cpu' force one"
+        )
     return kernels
 
 
@@ -102,12 +104,14 @@ _NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
 def _cpu_option_supported() -> bool:
     """Whether this jaxlib knows the option (it is experimental: a later XLA may rename or drop it)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options=_NO_YNNPACK).lower(
-            jax.ShapeDtypeStruct((), np.float32)).compile()
+        jax.jit(lambda x: x + 1, compiler_options=_NO_YNNPACK).lower(jax.ShapeDtypeStruct((), np.float32)).compile()
         return True
     except Exception as e:  # noqa: BLE001 - XLA reports an unknown option as a generic runtime error
-        log.warning("XLA does not take %s (%s); CPU convolutions stay with XLA's default library",
-                    next(iter(_NO_YNNPACK)), str(e).splitlines()[0])
+        log.warning(
+            "XLA does not take %s (%s); CPU convolutions stay with XLA's default library",
+            next(iter(_NO_YNNPACK)),
+            str(e).splitlines()[0],
+        )
         return False
 
 
@@ -131,8 +135,14 @@ def compiler_options(devices, convolutions: str = "eigen") -> dict[str, str] | N
 def _is_1x1_product(rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count):
     trivial = lambda v: v is None or all(d == 1 for d in v)
     unpadded = isinstance(padding, str) or all(lo == 0 and hi == 0 for lo, hi in padding)
-    return (rhs.shape[:-2] == (1,) * (rhs.ndim - 2) and all(s == 1 for s in window_strides) and unpadded
-            and trivial(lhs_dilation) and trivial(rhs_dilation) and feature_group_count == 1)
+    return (
+        rhs.shape[:-2] == (1,) * (rhs.ndim - 2)
+        and all(s == 1 for s in window_strides)
+        and unpadded
+        and trivial(lhs_dilation)
+        and trivial(rhs_dilation)
+        and feature_group_count == 1
+    )
 
 
 def _conv_1x1_as_product(lhs, rhs, precision):
@@ -143,14 +153,29 @@ def _conv_1x1_as_product(lhs, rhs, precision):
     return rows.reshape(*lhs.shape[:-1], kernel.shape[-1])
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None):
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count=1,
+    precision=None,
+):
     """`lax.conv_general_dilated` on Flax's NHWC inputs and HWIO kernels; in the CPU form a 1x1
     convolution with stride 1 and no padding is the matrix product it is."""
     lax_conv = functools.partial(
-        jax.lax.conv_general_dilated, window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision)
+        jax.lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+    )
     if not _is_1x1_product(rhs, window_strides, padding, lhs_dilation, rhs_dilation, feature_group_count):
         return lax_conv(lhs, rhs)
     return select(functools.partial(_conv_1x1_as_product, precision=precision), lax_conv, lhs, rhs)
@@ -216,9 +241,14 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 def batch_norm_cpu_form_applies(module: nn.BatchNorm, x, mask) -> bool:
     """Whether `batch_norm_train` computes what Flax's `module` would: statistics over every axis but
     the last, two-pass variance, float32 reductions, no mask or named axes."""
-    return (mask is None and module.axis_name is None and module.axis_index_groups is None
-            and module.axis in (-1, x.ndim - 1) and not module.use_fast_variance
-            and module.force_float32_reductions)
+    return (
+        mask is None
+        and module.axis_name is None
+        and module.axis_index_groups is None
+        and module.axis in (-1, x.ndim - 1)
+        and not module.use_fast_variance
+        and module.force_float32_reductions
+    )
 
 
 def flax_batch_norm_train(module: nn.BatchNorm, x, scale, bias, mean, var):
@@ -226,13 +256,28 @@ def flax_batch_norm_train(module: nn.BatchNorm, x, scale, bias, mean, var):
     `(y, new running mean, new running var)`. `scale`/`bias` are None when the module has none."""
     flax_bn = nn.BatchNorm(**{f: getattr(module, f) for f in _FLAX_BN_FIELDS}, parent=None)
     params = {k: v for k, v in (("scale", scale), ("bias", bias)) if v is not None}
-    y, updated = flax_bn.apply({"params": params, "batch_stats": {"mean": mean, "var": var}}, x,
-                               use_running_average=False, mutable=["batch_stats"])
+    y, updated = flax_bn.apply(
+        {"params": params, "batch_stats": {"mean": mean, "var": var}},
+        x,
+        use_running_average=False,
+        mutable=["batch_stats"],
+    )
     return y, updated["batch_stats"]["mean"], updated["batch_stats"]["var"]
 
 
-_FLAX_BN_FIELDS = ("axis", "momentum", "epsilon", "dtype", "param_dtype", "use_bias", "use_scale",
-                   "axis_name", "axis_index_groups", "use_fast_variance", "force_float32_reductions")
+_FLAX_BN_FIELDS = (
+    "axis",
+    "momentum",
+    "epsilon",
+    "dtype",
+    "param_dtype",
+    "use_bias",
+    "use_scale",
+    "axis_name",
+    "axis_index_groups",
+    "use_fast_variance",
+    "force_float32_reductions",
+)
 
 
 def cpu_batch_norm_train(module: nn.BatchNorm, x, scale, bias, mean, var):
@@ -241,8 +286,11 @@ def cpu_batch_norm_train(module: nn.BatchNorm, x, scale, bias, mean, var):
     learned = [p for p in (scale, bias) if p is not None]
     out_dtype = module.dtype or jnp.result_type(x, *learned)  # Flax's rule for the output's dtype
     y, batch_mean, batch_var = batch_norm_train(
-        x, jnp.ones(x.shape[-1:], stat) if scale is None else scale,
-        jnp.zeros(x.shape[-1:], stat) if bias is None else bias, module.epsilon)
+        x,
+        jnp.ones(x.shape[-1:], stat) if scale is None else scale,
+        jnp.zeros(x.shape[-1:], stat) if bias is None else bias,
+        module.epsilon,
+    )
     momentum = module.momentum
     new_mean = momentum * mean + (1 - momentum) * batch_mean
     new_var = momentum * var + (1 - momentum) * batch_var
@@ -255,14 +303,16 @@ def cpu_batch_norm_train(module: nn.BatchNorm, x, scale, bias, mean, var):
 def max_pool(x, window: tuple[int, int], strides: tuple[int, int], pads: tuple[tuple[int, int], ...]):
     """Max pool over H and W of NHWC input padded with -inf (`pads`: ((top, bottom), (left, right)));
     XLA's `reduce_window`, with the derivative of the chosen form."""
-    return select(functools.partial(_max_pool_cpu, window=window, strides=strides, pads=pads),
-                  functools.partial(_max_pool_xla, window=window, strides=strides, pads=pads), x)
+    return select(
+        functools.partial(_max_pool_cpu, window=window, strides=strides, pads=pads),
+        functools.partial(_max_pool_xla, window=window, strides=strides, pads=pads),
+        x,
+    )
 
 
 def _max_pool_xla(x, *, window, strides, pads):
     dims, strides4 = (1, *window, 1), (1, *strides, 1)
-    return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, dims, strides4,
-                                 ((0, 0), *pads, (0, 0)))
+    return jax.lax.reduce_window(x, np.array(-np.inf, x.dtype), jax.lax.max, dims, strides4, ((0, 0), *pads, (0, 0)))
 
 
 def _max_pool_cpu(x, *, window, strides, pads):

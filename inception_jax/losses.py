@@ -6,7 +6,7 @@ Weight decay is not here: it is added to the gradient in `optim.make_optimizer` 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -52,9 +52,7 @@ def steps_from(config: Any, steps_per_epoch: int) -> int:
         return int(total_steps)
     steps = to_steps(num_epochs, steps_per_epoch)
     if steps < 1:
-        raise ValueError(
-            f"config.num_epochs={num_epochs!r} at {steps_per_epoch} steps per epoch is less than one step"
-        )
+        raise ValueError(f"config.num_epochs={num_epochs!r} at {steps_per_epoch} steps per epoch is less than one step")
     return steps
 
 
@@ -83,7 +81,8 @@ def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> optax.
         raise ValueError(
             f"config.schedule.warmup_epochs={sched.get('warmup_epochs')!r} is {warmup_steps} steps, "
             f"not fewer than the {total_steps} total steps; shorten it (e.g. --config.schedule.warmup_epochs=0) "
-            "or train longer")
+            "or train longer"
+        )
 
     if name == "constant":
         main = optax.constant_schedule(base)
@@ -220,9 +219,7 @@ def make_optimizer(
     elif name == "sgd":
         core = optax.sgd(schedule, momentum=opt.momentum or None, nesterov=bool(opt.get("nesterov", False)))
     else:  # adamw: optax applies -lr_t * wd * w itself, after Adam's direction.
-        core = optax.adamw(
-            schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd if decoupled else 0.0, mask=kernel_mask
-        )
+        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=wd if decoupled else 0.0, mask=kernel_mask)
         decoupled = False
 
     parts = []

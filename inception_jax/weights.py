@@ -39,8 +39,10 @@ def _read_payload(path: str) -> dict:
     except Exception as e:
         raise ValueError(f"{path!r} is not an inception_jax variables file (msgpack): {e}") from None
     if not isinstance(payload, dict) or payload.get("format") != "inception_jax.variables.v1":
-        raise ValueError(f"{path!r} is not an inception_jax variables file; write one with "
-                         "`inception-convert` or `inception_jax.tools.convert.save_variables`")
+        raise ValueError(
+            f"{path!r} is not an inception_jax variables file; write one with "
+            "`inception-convert` or `inception_jax.tools.convert.save_variables`"
+        )
     return payload
 
 
@@ -49,8 +51,9 @@ def read_model_spec(path: str | os.PathLike) -> tuple[str, dict]:
     need `bn_use_scale=False`), so a config can build the matching model: `create_model(name, **options)`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file {path!r} does not exist; convert one with "
-                                "`inception-convert` (nothing is downloaded)")
+        raise FileNotFoundError(
+            f"weight file {path!r} does not exist; convert one with `inception-convert` (nothing is downloaded)"
+        )
     payload = _read_payload(path)
     return payload["model"], json.loads(payload["options"])
 

@@ -46,8 +46,10 @@ def _time_forward_backward(forward, args, cotangent, options, repeats):
 
 def _require_torch_padding(what, padding, padding_mode, torch_op):
     if isinstance(padding, str) or padding_mode != "torch":
-        raise SystemExit(f"profile_units: a {what} pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
-                         f"which PyTorch's {torch_op} cannot mirror; profile the variant with padding_mode='torch'")
+        raise SystemExit(
+            f"profile_units: a {what} pads TF-style ({padding!r}, padding_mode={padding_mode!r}), "
+            f"which PyTorch's {torch_op} cannot mirror; profile the variant with padding_mode='torch'"
+        )
 
 
 def _units(model, batch, size):
@@ -63,8 +65,14 @@ def _units(model, batch, size):
     def record(next_fun, args, kwargs, context):
         if isinstance(context.module, layers.ConvBN) and context.method_name == "__call__":
             m = context.module
-            fields = (m.features, layers.pair(m.kernel_size), layers.pair(m.strides), m.padding, m.padding_mode,
-                      m.use_bn)
+            fields = (
+                m.features,
+                layers.pair(m.kernel_size),
+                layers.pair(m.strides),
+                m.padding,
+                m.padding_mode,
+                m.use_bn,
+            )
             found[(tuple(args[0].shape), fields)] += 1
         return next_fun(*args, **kwargs)
 
@@ -125,8 +133,11 @@ def _profile_pools(args, model, size, options):
         totals["ours"] += ours * count
         totals["ref"] += ref * count
         shape, window, strides = fields[:3]
-        print(f"{str(shape):20s} {window[0]}x{window[1]}/{strides[0]} x{count:<3d} ours {ours:7.1f}   "
-              f"PyTorch {ref:7.1f}   PyTorch/ours {ref / ours:.2f}", flush=True)
+        print(
+            f"{str(shape):20s} {window[0]}x{window[1]}/{strides[0]} x{count:<3d} ours {ours:7.1f}   "
+            f"PyTorch {ref:7.1f}   PyTorch/ours {ref / ours:.2f}",
+            flush=True,
+        )
     print(f"total (x count): ours {totals['ours']:.0f} ms, PyTorch {totals['ref']:.0f} ms")
 
 
@@ -140,10 +151,12 @@ def _time_ours(shape, fields, options, repeats):
     features, kernel, strides, padding, padding_mode, use_bn = fields
     x = jnp.asarray(np.random.default_rng(0).standard_normal(shape, np.float32))
     result = []
-    for unit in (layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=use_bn),
-                 layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=False, act=False)):
+    for unit in (
+        layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=use_bn),
+        layers.ConvBN(features, kernel, strides, padding, padding_mode, use_bn=False, act=False),
+    ):
         variables = unit.init(jax.random.key(0), x, train=True)
-        out = jax.eval_shape(lambda v: unit.apply(v, x, train=True, mutable=["batch_stats"])[0], variables)
+        out = jax.eval_shape(lambda v, unit=unit: unit.apply(v, x, train=True, mutable=["batch_stats"])[0], variables)
         cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape, np.float32))
 
         def forward(params, x, unit=unit, variables=variables):
@@ -178,9 +191,8 @@ def main(argv=None):
     parser.add_argument("--pools", action="store_true", help="time the max pools instead of the conv units")
     args = parser.parse_args(argv)
 
-    import torch  # before TensorFlow could be imported (README: "When things go wrong")
-
     import jax
+    import torch  # before TensorFlow could be imported (README: "When things go wrong")
 
     from inception_jax import kernels
     from inception_jax.models import registry
@@ -192,8 +204,10 @@ def main(argv=None):
     if args.pools:
         return _profile_pools(args, model, size, options)
     totals = collections.Counter()
-    print(f"{args.model}, batch {args.batch_size}, {size} px: forward + backward ms per unit "
-          "(ours: unit / conv alone; PyTorch: unit / conv alone)")
+    print(
+        f"{args.model}, batch {args.batch_size}, {size} px: forward + backward ms per unit "
+        "(ours: unit / conv alone; PyTorch: unit / conv alone)"
+    )
     units = _units(model, args.batch_size, size)
     for (shape, fields), count in sorted(units.items(), key=lambda kv: -kv[0][0][1] * kv[0][0][2] * kv[0][0][3]):
         ours, ours_conv = _time_ours(shape, fields, options, args.repeats)
@@ -201,11 +215,16 @@ def main(argv=None):
         for key, value in (("ours", ours), ("ours_conv", ours_conv), ("ref", ref), ("ref_conv", ref_conv)):
             totals[key] += value * count
         features, kernel, strides = fields[:3]
-        print(f"{str(shape):20s} -> {features:4d} {kernel[0]}x{kernel[1]}/{strides[0]} x{count:<3d} "
-              f"ours {ours:7.1f} / {ours_conv:7.1f}   PyTorch {ref:7.1f} / {ref_conv:7.1f}   "
-              f"PyTorch/ours {ref / ours:.2f}", flush=True)
-    print(f"total (x count): ours {totals['ours']:.0f} ms, of which convolutions {totals['ours_conv']:.0f}; "
-          f"PyTorch {totals['ref']:.0f} ms, of which convolutions {totals['ref_conv']:.0f}")
+        print(
+            f"{str(shape):20s} -> {features:4d} {kernel[0]}x{kernel[1]}/{strides[0]} x{count:<3d} "
+            f"ours {ours:7.1f} / {ours_conv:7.1f}   PyTorch {ref:7.1f} / {ref_conv:7.1f}   "
+            f"PyTorch/ours {ref / ours:.2f}",
+            flush=True,
+        )
+    print(
+        f"total (x count): ours {totals['ours']:.0f} ms, of which convolutions {totals['ours_conv']:.0f}; "
+        f"PyTorch {totals['ref']:.0f} ms, of which convolutions {totals['ref_conv']:.0f}"
+    )
 
 
 if __name__ == "__main__":

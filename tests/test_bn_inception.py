@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import fake_variables, jit_apply
 
 import inception_jax as ij
 from inception_jax.models import bn_inception as bn
 from inception_jax.models import profile
-from model_helpers import fake_variables, jit_apply
 
 PARAMS = 11_188_288  # gamma and beta (timm style)
 PARAMS_SLIM = 11_178_336  # beta only (slim's scale=False)
@@ -115,8 +115,13 @@ def test_depthwise_kernel_keeps_slim_channel_order():
     slim_kernel = np.asarray(variables["params"]["Conv2d_1a_7x7"]["depthwise"]["kernel"]).reshape(7, 7, 3, 8)
     for i in range(3):
         for m in range(8):
-            ref = jax.lax.conv_general_dilated(x[..., i:i + 1], slim_kernel[:, :, i:i + 1, m:m + 1], (2, 2), "SAME",
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            ref = jax.lax.conv_general_dilated(
+                x[..., i : i + 1],
+                slim_kernel[:, :, i : i + 1, m : m + 1],
+                (2, 2),
+                "SAME",
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
             np.testing.assert_allclose(ours[..., i * 8 + m], ref[..., 0], rtol=1e-5, atol=1e-5)
 
 
@@ -128,8 +133,13 @@ def test_same_padding_everywhere():
     variables = fake_variables(model, 224)
     keys = ("Conv2d_1a_7x7", "Conv2d_2c_3x3", "Mixed_3c", "Mixed_4e", "Mixed_5c")
     _, out = jit_apply(model, variables, images(1, 224), return_endpoints=True)
-    assert [out[k].shape[1:] for k in keys] == [(112, 112, 64), (56, 56, 192), (28, 28, 320), (14, 14, 576),
-                                                (7, 7, 1024)]
+    assert [out[k].shape[1:] for k in keys] == [
+        (112, 112, 64),
+        (56, 56, 192),
+        (28, 28, 320),
+        (14, 14, 576),
+        (7, 7, 1024),
+    ]
     # Odd sizes: 'SAME' gives ceil(n / 2) at every stride-2 op; "torch" mode (symmetric k // 2) too.
     torch_model = ij.create_model("bn_inception", padding_mode="torch")
     _, out_tf = jit_apply(model, variables, images(1, 97), return_endpoints=True)
@@ -137,8 +147,9 @@ def test_same_padding_everywhere():
     assert [out_tf[k].shape[1] for k in keys] == [out_torch[k].shape[1] for k in keys] == [49, 25, 13, 7, 4]
     # Values: Mixed_4a's max-pool branch (its last 320 channels) on the 28x28 Mixed_3c map pads (0, 1),
     # TF style, not (1, 1).
-    pool = lambda x, pad: jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                                ((0, 0), pad, pad, (0, 0)))
+    pool = lambda x, pad: jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), pad, pad, (0, 0))
+    )
     mixed_4a = out["Mixed_4a"]
     np.testing.assert_array_equal(mixed_4a[..., -320:], pool(out["Mixed_3c"], (0, 1)))
     assert not np.array_equal(mixed_4a[..., -320:], pool(out["Mixed_3c"], (1, 1)))
@@ -176,8 +187,9 @@ def test_outputs_train_mode_and_dropout():
     logits, out = jit_apply(model, variables, x, return_endpoints=True)
     assert logits.shape == (2, 10) and out["pre_logits"].shape == (2, 1024) and out["aux_logits"] == ()
     assert list(out)[:-2] == ["Conv2d_1a_7x7", "Conv2d_2b_1x1", "Conv2d_2c_3x3", *bn._ORDER]
-    run = lambda seed: jit_apply(model, variables, x, train=True, mutable=["batch_stats"],
-                                 rngs={"dropout": jax.random.key(seed)})
+    run = lambda seed: jit_apply(
+        model, variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(seed)}
+    )
     (a, _), state = run(0)
     (b, _), _ = run(1)
     assert not np.allclose(a, b)  # dropout 0.2 is active in train mode

@@ -40,20 +40,25 @@ def test_options_are_for_cpus_only_and_checked():
         kernels.compiler_options(jax.devices(), "xnnpack")
     c = base_config()
     c.xla_cpu_convolutions = "xnnpack"
-    with pytest.raises(validation.ConfigError, match="config.xla_cpu_convolutions='xnnpack' is not one of 'eigen', 'ynnpack'"):
+    with pytest.raises(
+        validation.ConfigError, match="config.xla_cpu_convolutions='xnnpack' is not one of 'eigen', 'ynnpack'"
+    ):
         validation.validated(c)
 
 
 # The shapes the family is made of, at batch 2: the stem's wide maps with few channels, an RGB input
 # layer, a strided reduction, the factorised 1x7 and a padded 3x3 deep in the network. (XLA gives
 # YNNPACK only convolutions above a size: with 16 channels it keeps them itself.)
-@pytest.mark.parametrize("shape, kernel, strides, padding", [
-    ((2, 37, 37, 32), (3, 3, 32, 32), (1, 1), "VALID"),
-    ((2, 75, 75, 3), (3, 3, 3, 32), (2, 2), "VALID"),
-    ((2, 35, 35, 48), (3, 3, 48, 64), (2, 2), "VALID"),
-    ((2, 17, 17, 64), (1, 7, 64, 64), (1, 1), ((0, 0), (3, 3))),
-    ((2, 35, 35, 64), (3, 3, 64, 96), (1, 1), "SAME"),
-])
+@pytest.mark.parametrize(
+    "shape, kernel, strides, padding",
+    [
+        ((2, 37, 37, 32), (3, 3, 32, 32), (1, 1), "VALID"),
+        ((2, 75, 75, 3), (3, 3, 3, 32), (2, 2), "VALID"),
+        ((2, 35, 35, 48), (3, 3, 48, 64), (2, 2), "VALID"),
+        ((2, 17, 17, 64), (1, 7, 64, 64), (1, 1), ((0, 0), (3, 3))),
+        ((2, 35, 35, 64), (3, 3, 64, 96), (1, 1), "SAME"),
+    ],
+)
 def test_eigen_convolutions_compute_what_ynnpack_computes_with_gradients(shape, kernel, strides, padding):
     kx, kw, kg = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(kx, shape)
@@ -64,8 +69,10 @@ def test_eigen_convolutions_compute_what_ynnpack_computes_with_gradients(shape, 
         y, pullback = jax.vjp(conv, x, w)
         return (y, *pullback(jax.random.normal(kg, y.shape)))
 
-    programs = {name: jax.jit(forward_and_grads).lower(x, w).compile(compiler_options=options)
-                for name, options in [("ynnpack", None), ("eigen", EIGEN)]}
+    programs = {
+        name: jax.jit(forward_and_grads).lower(x, w).compile(compiler_options=options)
+        for name, options in [("ynnpack", None), ("eigen", EIGEN)]
+    }
     assert _ynnpack_convolutions(programs["eigen"]) == 0
     assert _ynnpack_convolutions(programs["ynnpack"]) > 0  # XLA's default, or the option would be moot
     for ours, ref in zip(programs["eigen"](x, w), programs["ynnpack"](x, w)):
@@ -103,5 +110,7 @@ def test_the_trainers_steps_compile_with_config_xla_cpu_convolutions(convolution
     assert (_ynnpack_convolutions(compiled) > 0) == in_ynnpack
     eval_step = train.make_eval_step(model, mesh, config)
     mask = jax.ShapeDtypeStruct((2,), jnp.bool_)
-    compiled = eval_step.lower(state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask}).compile()
+    compiled = eval_step.lower(
+        state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask}
+    ).compile()
     assert (_ynnpack_convolutions(compiled) > 0) == in_ynnpack

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from inception_jax.tools import convert
 from inception_jax.models import profile
+from inception_jax.tools import convert
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")

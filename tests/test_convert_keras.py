@@ -30,13 +30,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from inception_jax.tools import convert
-from inception_jax.tools.convert import WeightMismatchError, from_keras, keras_model_options
-from inception_jax.tools.convert import __main__ as convert_cli
-from inception_jax.tools.convert import keras_weights
-from inception_jax.models import stacking
 from reference_models import assert_float32_as_exact_as_reference, assert_logits_close
+
+from inception_jax.models import stacking
+from inception_jax.tools import convert
+from inception_jax.tools.convert import WeightMismatchError, from_keras, keras_model_options, keras_weights
+from inception_jax.tools.convert import __main__ as convert_cli
 
 KERAS_BACKEND = "tensorflow"
 
@@ -119,8 +118,9 @@ def keras_files(tmp_path_factory, worker_id):
         if not (out / "done").exists():
             out.mkdir(exist_ok=True)
             env = {**os.environ, "KERAS_BACKEND": KERAS_BACKEND, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(out)], env=env, capture_output=True,
-                                  text=True, timeout=600)
+            proc = subprocess.run(
+                [sys.executable, "-c", KERAS_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600
+            )
             assert proc.returncode == 0, f"the Keras reference script failed:\n{proc.stderr[-4000:]}"
             (out / "done").touch()
     return out
@@ -224,16 +224,19 @@ def test_rebuilt_layer_order_is_keras_model_layers_order(keras_files, name):
     graph = keras_weights._GRAPHS[name]()
     explicit, auto = {s.keras_name for s in graph.slots.values()}, {}
     for cls, kind in (("Conv2D", "conv"), ("BatchNormalization", "bn"), ("Dense", "dense")):
-        names = sorted((n for c, n in keras_order if c == cls and n not in explicit),
-                       key=lambda n: keras_weights._split_key(n)[::-1])
+        names = sorted(
+            (n for c, n in keras_order if c == cls and n not in explicit),
+            key=lambda n: keras_weights._split_key(n)[::-1],
+        )
         auto.update(zip([s for s in graph.creation_order() if s.kind == kind and not s.keras_name], names))
     assert [s.keras_name or auto[s] for s in graph.keras_layer_order()] == [n for _, n in keras_order]
 
 
 def test_cli_from_keras_writes_a_loadable_file(keras_files, v3_small, tmp_path, capsys):
     out_file = tmp_path / "v3.msgpack"
-    rc = convert_cli.main(["--from", "keras", "--model", "inception_v3", str(keras_files / "v3_150_model.h5"),
-                           str(out_file)])
+    rc = convert_cli.main(
+        ["--from", "keras", "--model", "inception_v3", str(keras_files / "v3_150_model.h5"), str(out_file)]
+    )
     assert rc == 0, capsys.readouterr().err
     model, variables = convert.load_variables(out_file)
     ours, our_variables, ref, logits, _ = v3_small
@@ -245,8 +248,16 @@ def test_cli_from_keras_writes_a_loadable_file(keras_files, v3_small, tmp_path, 
 
 def test_cli_rejects_models_keras_does_not_have(keras_files, tmp_path):
     with pytest.raises(SystemExit):
-        convert_cli.main(["--from", "keras", "--model", "inception_v4", str(keras_files / "v3_150_model.h5"),
-                          str(tmp_path / "x.msgpack")])
+        convert_cli.main(
+            [
+                "--from",
+                "keras",
+                "--model",
+                "inception_v4",
+                str(keras_files / "v3_150_model.h5"),
+                str(tmp_path / "x.msgpack"),
+            ]
+        )
 
 
 def test_missing_file_is_named(tmp_path):
@@ -282,7 +293,8 @@ def test_truncated_file_is_refused_with_the_count(keras_files, tmp_path):
 
 
 def test_keras_model_options_are_keras_semantics():
-    assert keras_model_options("inception_v3") == dict(bn_use_scale=False, bn_momentum=0.99, bn_epsilon=1e-3,
-                                                       avg_pool_count_include_pad=False, dropout_rate=0.0)
+    assert keras_model_options("inception_v3") == dict(
+        bn_use_scale=False, bn_momentum=0.99, bn_epsilon=1e-3, avg_pool_count_include_pad=False, dropout_rate=0.0
+    )
     with pytest.raises(ValueError, match="inception_resnet_v2"):
         keras_model_options("googlenet")

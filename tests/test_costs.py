@@ -34,6 +34,8 @@ def test_googlenet_inception_3a_naive_vs_reduced():
 def test_the_cli_prints_markdown_and_rejects_unknown_models(capsys):
     assert costs.main(["--models", "googlenet"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# The papers' cost claims") and "| `googlenet` | 224 | 6,624,904 | 13,004,888 | 1.498 |" in out
+    assert (
+        out.startswith("# The papers' cost claims") and "| `googlenet` | 224 | 6,624,904 | 13,004,888 | 1.498 |" in out
+    )
     assert costs.main(["--models", "googlenett"]) == 2
     assert capsys.readouterr().err.startswith("error: --models googlenett: ")

@@ -28,8 +28,15 @@ def make_config(name="digits", data_dir=None, **input_overrides) -> ml_collectio
         dict(name=name, data_dir=data_dir, train_split="train", eval_split="test", shuffle_buffer=256, cache=False)
     )
     c.input = ml_collections.ConfigDict(
-        dict(image_size=16, crop_pct=0.875, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-             interpolation="bilinear", train_augment="inception_crop", color_distortion=False)
+        dict(
+            image_size=16,
+            crop_pct=0.875,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            interpolation="bilinear",
+            train_augment="inception_crop",
+            color_distortion=False,
+        )
     )
     c.input.update(input_overrides)
     return c
@@ -148,8 +155,9 @@ def test_augmentations_are_deterministic_given_the_seed():
         again = [op(_seed(i)).numpy() for i in range(8)]
         assert all(np.array_equal(a, b) for a, b in zip(outs, again))
         assert any(not np.array_equal(outs[0], o) for o in outs[1:])  # ... and the seed matters.
-    flips = {bool(np.array_equal(preprocess.random_flip(image, _seed(i)).numpy(), image.numpy()[:, ::-1]))
-             for i in range(16)}
+    flips = {
+        bool(np.array_equal(preprocess.random_flip(image, _seed(i)).numpy(), image.numpy()[:, ::-1])) for i in range(16)
+    }
     assert flips == {True, False}
 
 
@@ -194,8 +202,7 @@ def test_train_batches_are_the_same_for_any_row_split_and_resume_exactly(digits_
     assert first["image"].shape == (32, 16, 16, 3) and first["image"].dtype == np.uint8
     assert first["label"].shape == (32,) and first["label"].dtype == np.int32
     assert int(first["image"].max()) - int(first["image"].min()) > 200  # pixels, not normalised values
-    quarters = [pipeline.make_train_iterator(config, global_batch_size=32, rows=(8 * p, 8 * p + 8))
-                for p in range(4)]
+    quarters = [pipeline.make_train_iterator(config, global_batch_size=32, rows=(8 * p, 8 * p + 8)) for p in range(4)]
     for expected in batches[:4]:
         got = np.concatenate([next(q)["image"] for q in quarters])
         np.testing.assert_array_equal(got, expected["image"])
@@ -208,8 +215,9 @@ def test_train_batches_are_the_same_for_any_row_split_and_resume_exactly(digits_
     source = digits.Digits(data_dir=digits_dir).as_data_source("train[:100]")
     expected_counts = np.bincount([int(source[i]["label"]) for i in range(100)], minlength=10)
     for epoch in (0, 1):  # each epoch holds every training example once, in a new order
-        np.testing.assert_array_equal(np.bincount(labels[100 * epoch: 100 * epoch + 100], minlength=10),
-                                      expected_counts)
+        np.testing.assert_array_equal(
+            np.bincount(labels[100 * epoch : 100 * epoch + 100], minlength=10), expected_counts
+        )
     assert not np.array_equal(labels[:100], labels[100:200])
 
 
@@ -242,10 +250,12 @@ with tfds.core.registered.skip_registration():  # Not registered: the pipeline f
         def _info(self):
             return tfds.core.DatasetInfo(  # Not dataset_info_from_configs: tests/ is no package.
                 builder=self,
-                features=tfds.features.FeaturesDict({
-                    "image": tfds.features.Image(shape=(4, 4, 1), dtype=np.uint8),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                })
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(shape=(4, 4, 1), dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(num_classes=10),
+                    }
+                ),
             )
 
         def _split_generators(self, dl_manager):
@@ -321,8 +331,9 @@ def test_unprepared_dataset_fails_fast_with_build_command(tmp_path):
     with pytest.raises(pipeline.DatasetNotPreparedError):
         pipeline.make_train_iterator(make_config(name="cifar10", data_dir=data_dir), global_batch_size=2, rows=(0, 2))
     with pytest.raises(pipeline.DatasetNotPreparedError) as manual:
-        pipeline.make_eval_iterator(make_config(name="imagenet2012", data_dir=data_dir), global_batch_size=2,
-                                    rows=(0, 2))
+        pipeline.make_eval_iterator(
+            make_config(name="imagenet2012", data_dir=data_dir), global_batch_size=2, rows=(0, 2)
+        )
     assert time.perf_counter() - start < 5.0
     assert f"tfds build cifar10 --file_format=array_record --data_dir={data_dir}" in str(err.value)
     assert "--manual_dir=" in str(manual.value) and "ILSVRC2012_img_train.tar" in str(manual.value)
@@ -334,8 +345,9 @@ def test_bad_split_and_augment_names_are_config_errors(digits_dir):
     with pytest.raises(ValueError, match="config.dataset.eval_split='validation'"):
         pipeline.dataset_info(config)
     with pytest.raises(ValueError, match="train_augment"):
-        pipeline.make_train_iterator(make_config(data_dir=digits_dir, train_augment="mixup"),
-                                     global_batch_size=2, rows=(0, 2))
+        pipeline.make_train_iterator(
+            make_config(data_dir=digits_dir, train_augment="mixup"), global_batch_size=2, rows=(0, 2)
+        )
 
 
 def test_uint8_batches_are_normalised_on_the_device_as_the_host_formula():

@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 from PIL import Image
-
-from inception_jax.tools import convert, fid
-from inception_jax.models import profile, registry
-
 from reference_models import assert_logits_close, calibrate_batchnorm, nchw
+
+from inception_jax.models import profile, registry
+from inception_jax.tools import convert, fid
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_fid")
@@ -128,9 +127,13 @@ def _run_cli(capsys, *args):
 
 # --- The network and the weights -----------------------------------------------------------------
 
+
 def test_pytorch_fid_module_has_the_registered_parameter_count(reference):
-    n_torch = sum(v.numel() for k, v in reference["state"].items()
-                  if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    n_torch = sum(
+        v.numel()
+        for k, v in reference["state"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     variables = profile.abstract_variables(registry.create_model(fid.FID_MODEL), 299)
     assert n_torch == profile.count_params(variables["params"]) == 23_850_960
 
@@ -164,6 +167,7 @@ def test_converted_msgpack_loads_as_the_fid_network(reference, extractor, tmp_pa
 
 
 # --- Input pipeline --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("h, w", [(64, 64), (128, 96), (32, 32), (512, 512), (300, 299), (1000, 37)])
 def test_resize_matches_torch_interpolate_without_antialiasing(h, w):
@@ -206,7 +210,7 @@ def test_many_sizes_keep_order_and_bounded_buffers(extractor, tmp_path, monkeypa
         assert batch == BATCH and 1 <= len(batch_images) <= batch
         batches.append([int(im[0, 0, 0]) for im in batch_images])
         ids = np.zeros((batch, fid.FEATURE_DIM), np.float32)
-        ids[:len(batch_images)] = batch_images[:, :1, 0, 0]
+        ids[: len(batch_images)] = batch_images[:, :1, 0, 0]
         return ids
 
     monkeypatch.setattr(extractor, "_dispatch", fake_dispatch)
@@ -229,6 +233,7 @@ def test_listing_follows_pytorch_fid(tmp_path, capsys):
 
 
 # --- Statistics and the distance -------------------------------------------------------------------
+
 
 def _random_stats(rng, d):
     a = rng.standard_normal((d, 2 * d))
@@ -286,10 +291,12 @@ def test_statistics_are_float64_and_npz_round_trips(tmp_path):
 
 # --- Command line ----------------------------------------------------------------------------------
 
+
 def _recorder(calls, value=0.0):
     def record(mu1, sigma1, mu2, sigma2, eps=1e-6):
         calls.append((mu1, sigma1, mu2, sigma2))
         return value
+
     return record
 
 
@@ -365,8 +372,10 @@ def test_cli_bad_inputs_fail_in_one_line_before_compiling(reference, tmp_path, c
         ([good, good], rf"{fid.FID_WEIGHTS_NAME} from pytorch-fid's GitHub release \(https://github.com/.*\)"),
         ([good, good, "--weights", tmp_path / "missing.pth"], r"weights file .*missing.pth' does not exist; download"),
         ([good, good, "--weights", tmp_path / "other.pth"], r"is not the FID Inception network's state_dict"),
-        ([good, good, "--weights", tmp_path / "v3.msgpack"],
-         r"holds InceptionV3\(num_classes=1000, .*width_multiplier=0.25\), not the FID network"),
+        (
+            [good, good, "--weights", tmp_path / "v3.msgpack"],
+            r"holds InceptionV3\(num_classes=1000, .*width_multiplier=0.25\), not the FID network",
+        ),
         (["--save-stats", good, tmp_path / "s16.npz", *weights], r"will not overwrite"),
         (["--save-stats", good, tmp_path / "out.txt", *weights], r"writes an \.npz"),
         ([good, good, *weights, "--batch-size", "0"], r"--batch-size must be at least 1"),

@@ -14,10 +14,10 @@ import pytest
 
 import inception_jax
 from inception_jax import optim
+from inception_jax.models import layers
+from inception_jax.tools.convert import save_variables
 from inception_jax.trainer import finetune, parallel, train, validation
 from inception_jax.trainer.config import base_config
-from inception_jax.tools.convert import save_variables
-from inception_jax.models import layers
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -48,8 +48,10 @@ def _config(**fields):
     return c
 
 
-def _one_step(config, model=_Tiny(), seed=0):
-    """Runs one train step of `model` under `config`'s plan on 8 devices; returns (before, after, metrics)."""
+def _one_step(config, model=None, seed=0):
+    """Runs one train step of `model` (default `_Tiny()`) under `config`'s plan on 8 devices; returns
+    (before, after, metrics)."""
+    model = model or _Tiny()
     mesh = parallel.make_mesh()
     plan = finetune.make_plan(config, model, 6)
     tx, schedule = optim.make_optimizer(config, 10, 10)
@@ -61,8 +63,9 @@ def _one_step(config, model=_Tiny(), seed=0):
     step = train.make_train_step(model, tx, schedule, config, 3, mesh, plan)
     rng = np.random.default_rng(seed)
     batch = {"image": rng.normal(size=(8, 6, 6, 3)).astype(np.float32), "label": rng.integers(0, 3, 8).astype(np.int32)}
-    after, metrics = step(jax.device_put(state, parallel.replicated(mesh)), parallel.global_batch(batch, mesh),
-                          jax.random.key(1))
+    after, metrics = step(
+        jax.device_put(state, parallel.replicated(mesh)), parallel.global_batch(batch, mesh), jax.random.key(1)
+    )
     return before, jax.device_get(after), jax.device_get(metrics), batch, plan
 
 
@@ -77,7 +80,9 @@ def test_frozen_blocks_and_their_statistics_do_not_move_and_the_rest_updates_as_
     assert _equal(before.params["stem"], after.params["stem"])
     assert _equal(before.batch_stats["stem"], after.batch_stats["stem"])
     assert not _equal(before.batch_stats["block"], after.batch_stats["block"])  # trainable: batch statistics
-    assert after.opt_state is not None and len(jax.tree.leaves(after.opt_state)) == len(jax.tree.leaves(before.opt_state))
+    assert after.opt_state is not None and len(jax.tree.leaves(after.opt_state)) == len(
+        jax.tree.leaves(before.opt_state)
+    )
 
     # Hand-computed SGD (lr 1, no momentum) with L2 decay 0.01 on kernels: w - m * (g + 0.01 * w * is_kernel),
     # m = 1 for the head and 0.5 for the backbone; g from the loss with the stem's BN on running statistics.
@@ -91,8 +96,9 @@ def test_frozen_blocks_and_their_statistics_do_not_move_and_the_rest_updates_as_
             decay = 0.01 * w if path[-1].key == "kernel" else 0.0
             np.testing.assert_allclose(_at(after.params[block], path), w - m * (g + decay), rtol=1e-5, atol=1e-6)
     trainable = {k: v for k, v in grads.items() if k != "stem"}
-    np.testing.assert_allclose(metrics["train/grad_norm"], np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(trainable))),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["train/grad_norm"], np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(trainable))), rtol=1e-5
+    )
 
 
 def _at(tree, path):
@@ -124,27 +130,33 @@ def test_head_only_freezes_every_block():
     assert not _equal(before.params["fc"], after.params["fc"])
 
 
-@pytest.mark.parametrize("name,overrides,last", [
-    ("inception_v3", {}, ["Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]),
-    ("inception_resnet_v2", {"depths": (1, 1, 1)}, ["mixed_7a", "repeat_2_0", "block8", "conv2d_7b"]),
-    ("googlenet", {"aux_logits": True}, ["inception4e", "inception5a", "inception5b"]),
-    ("bn_inception", {}, ["Mixed_4e", "Mixed_5a", "Mixed_5b", "Mixed_5c"]),
-])
+@pytest.mark.parametrize(
+    "name,overrides,last",
+    [
+        ("inception_v3", {}, ["Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]),
+        ("inception_resnet_v2", {"depths": (1, 1, 1)}, ["mixed_7a", "repeat_2_0", "block8", "conv2d_7b"]),
+        ("googlenet", {"aux_logits": True}, ["inception4e", "inception5a", "inception5b"]),
+        ("bn_inception", {}, ["Mixed_4e", "Mixed_5a", "Mixed_5b", "Mixed_5c"]),
+    ],
+)
 def test_blocks_are_listed_in_network_order_without_the_head(name, overrides, last):
     model = inception_jax.create_model(name, width_multiplier=0.25, **overrides)
     size = inception_jax.data_config(name).min_input_size
     blocks = finetune.blocks_in_order(model, max(size, 32))
-    assert blocks[-len(last):] == last
+    assert blocks[-len(last) :] == last
     assert not any(finetune.is_head(b) for b in blocks) and "Dropout_0" not in blocks
     if name == "inception_v3":
         assert blocks[:2] == ["Conv2d_1a_3x3", "Conv2d_2a_3x3"] and len(blocks) == 16
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"trainable": "last:0"}, r"config.trainable='last:0': 'last:K' takes a whole number K >= 1"),
-    ({"trainable": " , "}, r"config.trainable=' , ': use 'all', 'head', 'last:K' or comma-separated block names"),
-    ({"backbone_lr_multiplier": 0.0}, r"config.backbone_lr_multiplier=0.0 must be > 0 .*config.trainable='head'"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"trainable": "last:0"}, r"config.trainable='last:0': 'last:K' takes a whole number K >= 1"),
+        ({"trainable": " , "}, r"config.trainable=' , ': use 'all', 'head', 'last:K' or comma-separated block names"),
+        ({"backbone_lr_multiplier": 0.0}, r"config.backbone_lr_multiplier=0.0 must be > 0 .*config.trainable='head'"),
+    ],
+)
 def test_bad_fine_tuning_fields_are_refused_before_anything_runs(fields, message):
     c = _config(**fields)
     c.total_steps = 1
@@ -187,7 +199,8 @@ def test_finetune_config_starts_from_the_file_and_keeps_the_frozen_parts(tmp_pat
     variables = model.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)))
     # Statistics unlike a fresh init's (mean 0, var 1) but mild enough to keep the random net's units alive.
     stats = jax.tree_util.tree_map_with_path(
-        lambda path, v: v - 0.01 if path[-1].key == "mean" else v * 1.2, variables["batch_stats"])
+        lambda path, v: v - 0.01 if path[-1].key == "mean" else v * 1.2, variables["batch_stats"]
+    )
     variables = {"params": variables["params"], "batch_stats": stats}
     path = tmp_path / "googlenet.msgpack"
     save_variables(path, variables, model="googlenet", options=options)
@@ -217,11 +230,20 @@ def test_init_from_remakes_every_familys_head_for_a_new_class_count():
     """A 1000-class file into a 10-class model: only head leaves (BN-Inception's is `Logits`) are re-made."""
     from inception_jax.trainer.checkpoint import merge_init_variables
 
-    target = {"params": {"Mixed_5c": {"k": np.zeros((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.zeros((4, 10))}}}}
-    loaded = {"params": {"Mixed_5c": {"k": np.ones((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.ones((4, 1000))}}}}
+    target = {
+        "params": {"Mixed_5c": {"k": np.zeros((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.zeros((4, 10))}}}
+    }
+    loaded = {
+        "params": {"Mixed_5c": {"k": np.ones((2, 2))}, "Logits": {"Conv2d_1c_1x1": {"kernel": np.ones((4, 1000))}}}
+    }
     merged, reinit = merge_init_variables(target, loaded)
     assert reinit == ["params/Logits/Conv2d_1c_1x1/kernel"]
-    assert merged["params"]["Mixed_5c"]["k"].sum() == 4 and merged["params"]["Logits"]["Conv2d_1c_1x1"]["kernel"].sum() == 0
+    assert (
+        merged["params"]["Mixed_5c"]["k"].sum() == 4
+        and merged["params"]["Logits"]["Conv2d_1c_1x1"]["kernel"].sum() == 0
+    )
     loaded["params"]["Mixed_5c"]["k"] = np.ones((3, 2))
-    with pytest.raises(ValueError, match=r"does not fit this model: params/Mixed_5c/k: file \(3, 2\) vs model \(2, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"does not fit this model: params/Mixed_5c/k: file \(3, 2\) vs model \(2, 2\)"
+    ):
         merge_init_variables(target, loaded)

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_helpers import fake_variables, jit_apply
 
 import inception_jax as ij
 from inception_jax.models import googlenet as gn
 from inception_jax.models import layers, profile
 from inception_jax.tools.convert import from_torch
-from model_helpers import fake_variables, jit_apply
 
 # torchvision's own numbers (GoogLeNet_Weights meta; REFERENCES.md §1).
 PARAMS = 6_624_904
@@ -32,8 +32,15 @@ def n_params(model, size: int = 224) -> int:
 def run(model, x, train=False, variables=None):
     variables = variables or fake_variables(model, x.shape[1])
     if train:
-        (logits, out), _ = jit_apply(model, variables, x, train=True, return_endpoints=True,
-                                     mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+        (logits, out), _ = jit_apply(
+            model,
+            variables,
+            x,
+            train=True,
+            return_endpoints=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(1)},
+        )
     else:
         logits, out = jit_apply(model, variables, x, train=False, return_endpoints=True)
     return logits, out
@@ -133,8 +140,15 @@ def hand_count(naive: bool = False, kernel: int = 3, num_classes: int = 1000) ->
             total += c_in * ch1 + 9 * c_in * ch3 + kernel * kernel * c_in * ch5 + 2 * (ch1 + ch3 + ch5)
             c_in += ch1 + ch3 + ch5
         else:
-            total += (c_in * ch1 + c_in * red3 + 9 * red3 * ch3 + c_in * red5 + kernel * kernel * red5 * ch5
-                      + c_in * proj + 2 * (ch1 + red3 + ch3 + red5 + ch5 + proj))
+            total += (
+                c_in * ch1
+                + c_in * red3
+                + 9 * red3 * ch3
+                + c_in * red5
+                + kernel * kernel * red5 * ch5
+                + c_in * proj
+                + 2 * (ch1 + red3 + ch3 + red5 + ch5 + proj)
+            )
             c_in = ch1 + ch3 + ch5 + proj
     return total + c_in * num_classes + num_classes
 
@@ -202,8 +216,7 @@ def test_tf_padding_is_same_everywhere():
     x = x[:, :96, :96]
     _, out_tf = jit_apply(tf_model, variables, x, return_endpoints=True)
     kernel = variables["params"]["conv1"]["conv"]["kernel"]
-    conv = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((2, 3), (2, 3)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = jax.lax.conv_general_dilated(x, kernel, (2, 2), ((2, 3), (2, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     expected = jax.nn.relu(conv / math.sqrt(1 + 1e-3))  # fresh BN: mean 0, var 1, gamma 1, beta 0
     np.testing.assert_allclose(out_tf["conv1"], expected, rtol=1e-4, atol=1e-4)
 
@@ -228,7 +241,12 @@ def test_init_outputs_and_dropout():
     assert out["aux_logits"] == ()  # eval mode: no aux logits, as torchvision
     assert list(out)[:-2] == ["conv1", "conv2", "conv3", *gn.INCEPTION_BLOCKS]
     assert [out[k].shape[-1] for k in ("conv1", "conv3", "inception3b", "inception4e", "inception5b")] == [
-        64, 192, 480, 832, 1024]
+        64,
+        192,
+        480,
+        832,
+        1024,
+    ]
     a, out = run(model, x, train=True, variables=variables)
     assert [aux.shape for aux in out["aux_logits"]] == [(2, 10), (2, 10)]
     b, _ = jit_apply(model, variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})[0]

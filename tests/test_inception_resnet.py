@@ -20,12 +20,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_models import (
+    assert_float32_as_exact_as_reference,
+    assert_logits_close,
+    calibrate_batchnorm,
+    nchw,
+    torch,
+    torch_state_dict,
+)
 
-from reference_models import (assert_float32_as_exact_as_reference, assert_logits_close, calibrate_batchnorm, nchw,
-                              torch, torch_state_dict)
-
-from inception_jax.tools.convert import from_torch
 from inception_jax.models import profile, registry, stacking
+from inception_jax.tools.convert import from_torch
 
 timm = pytest.importorskip("timm")
 
@@ -46,7 +51,7 @@ def param_count(name: str, size: int = 299, **options) -> int:
     return profile.count_params(profile.abstract_variables(model, size)["params"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(name: str, endpoints: bool = False, **options):
     model = registry.create_model(name, **options)
     if endpoints:
@@ -58,8 +63,7 @@ def apply64(variables, x, kernels="auto", **options):
     """IR-v2 in float64 (parameters and activations): logits and timm's feature_info taps, NCHW."""
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        fn = jitted_apply("inception_resnet_v2", endpoints=True, param_dtype=jnp.float64, kernels=kernels,
-                          **options)
+        fn = jitted_apply("inception_resnet_v2", endpoints=True, param_dtype=jnp.float64, kernels=kernels, **options)
         logits, out = fn(v64, jnp.asarray(x, jnp.float64))
         return np.asarray(logits), [np.asarray(out[k]).transpose(0, 3, 1, 2) for k in TIMM_TAPS]
 
@@ -156,15 +160,18 @@ def test_every_timm_tensor_has_a_home(timm_ir2, variables):
     tracked = sum(k.endswith("num_batches_tracked") for k in state)
     assert len(jax.tree.leaves(variables)) == len(state) - tracked
     p = variables["params"]
-    np.testing.assert_array_equal(p["repeat_1_0"]["branch0"]["conv"]["kernel"],
-                                  state["repeat_1.0.branch0.conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        p["repeat_1_0"]["branch0"]["conv"]["kernel"], state["repeat_1.0.branch0.conv.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(p["repeat_0"]["conv2d"]["bias"], state["repeat.0.conv2d.bias"])
     np.testing.assert_array_equal(p["block8"]["conv2d"]["bias"], state["block8.conv2d.bias"])
     assert "bn" not in p["repeat_2_0"]["conv2d"]  # the "up" conv: biased, no BatchNorm
     # For a model with scanned stages, each stage's blocks arrive stacked in block order.
     stacked = from_torch("inception_resnet_v2", state, scan_blocks=True)
-    np.testing.assert_array_equal(stacked["params"]["repeat_1_0-19"]["block"]["branch0"]["conv"]["kernel"][7],
-                                  state["repeat_1.7.branch0.conv.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        stacked["params"]["repeat_1_0-19"]["block"]["branch0"]["conv"]["kernel"][7],
+        state["repeat_1.7.branch0.conv.weight"].transpose(2, 3, 1, 0),
+    )
     unrolled = registry.create_model("inception_resnet_v2")
     jax.tree.map(np.testing.assert_array_equal, stacking.to_layout(stacked, unrolled), variables)
 
@@ -183,8 +190,10 @@ def test_ir2_param_counts_match_timm_and_the_slim_aux_head():
 
 
 def test_ir2_factorize_nxn_false_changes_params_by_the_hand_computed_amount():
-    delta = (20 * nxn_pair_delta(128, 160, 192, 7)  # Block17 x20: 1x7 160, 7x1 192 -> 7x7 192
-             + 10 * nxn_pair_delta(192, 224, 256, 3))  # Block8 x9 + block8: 1x3 224, 3x1 256 -> 3x3 256
+    delta = (
+        20 * nxn_pair_delta(128, 160, 192, 7)  # Block17 x20: 1x7 160, 7x1 192 -> 7x7 192
+        + 10 * nxn_pair_delta(192, 224, 256, 3)
+    )  # Block8 x9 + block8: 1x3 224, 3x1 256 -> 3x3 256
     assert delta == 18_318_720
     assert param_count("inception_resnet_v2", factorize_nxn=False) == IR2_PARAMS + delta
 
@@ -196,7 +205,9 @@ def test_ir2_aux_head_in_train_mode():
     x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
     (logits, out), _ = jax.eval_shape(
         lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}),
-        variables, x)
+        variables,
+        x,
+    )
     assert logits.shape == (2, 10) and [a.shape for a in out["aux_logits"]] == [(2, 10)]
 
 
@@ -206,17 +217,47 @@ def test_ir2_aux_head_in_train_mode():
 
 
 def test_ir1_param_count_matches_the_paper_config_by_hand():
-    stem = (bn_conv(3, 32, 3) + bn_conv(32, 32, 3) + bn_conv(32, 64, 3) + bn_conv(64, 80, 1)
-            + bn_conv(80, 192, 3) + bn_conv(192, 256, 3))  # Fig. 14
-    block_a = (bn_conv(256, 32, 1) + bn_conv(256, 32, 1) + bn_conv(32, 32, 3) + bn_conv(256, 32, 1)
-               + bn_conv(32, 32, 3) + bn_conv(32, 32, 3) + up_conv(96, 256))  # Fig. 10
+    stem = (
+        bn_conv(3, 32, 3)
+        + bn_conv(32, 32, 3)
+        + bn_conv(32, 64, 3)
+        + bn_conv(64, 80, 1)
+        + bn_conv(80, 192, 3)
+        + bn_conv(192, 256, 3)
+    )  # Fig. 14
+    block_a = (
+        bn_conv(256, 32, 1)
+        + bn_conv(256, 32, 1)
+        + bn_conv(32, 32, 3)
+        + bn_conv(256, 32, 1)
+        + bn_conv(32, 32, 3)
+        + bn_conv(32, 32, 3)
+        + up_conv(96, 256)
+    )  # Fig. 10
     reduction_a = bn_conv(256, 384, 3) + bn_conv(256, 192, 1) + bn_conv(192, 192, 3) + bn_conv(192, 256, 3)  # Fig. 7
-    block_b = (bn_conv(896, 128, 1) + bn_conv(896, 128, 1) + bn_conv(128, 128, 1, 7) + bn_conv(128, 128, 7, 1)
-               + up_conv(256, 896))  # Fig. 11
-    reduction_b = (bn_conv(896, 256, 1) + bn_conv(256, 384, 3) + bn_conv(896, 256, 1) + bn_conv(256, 256, 3)
-                   + bn_conv(896, 256, 1) + bn_conv(256, 256, 3) + bn_conv(256, 256, 3))  # Fig. 12
-    block_c = (bn_conv(1792, 192, 1) + bn_conv(1792, 192, 1) + bn_conv(192, 192, 1, 3) + bn_conv(192, 192, 3, 1)
-               + up_conv(384, 1792))  # Fig. 13
+    block_b = (
+        bn_conv(896, 128, 1)
+        + bn_conv(896, 128, 1)
+        + bn_conv(128, 128, 1, 7)
+        + bn_conv(128, 128, 7, 1)
+        + up_conv(256, 896)
+    )  # Fig. 11
+    reduction_b = (
+        bn_conv(896, 256, 1)
+        + bn_conv(256, 384, 3)
+        + bn_conv(896, 256, 1)
+        + bn_conv(256, 256, 3)
+        + bn_conv(896, 256, 1)
+        + bn_conv(256, 256, 3)
+        + bn_conv(256, 256, 3)
+    )  # Fig. 12
+    block_c = (
+        bn_conv(1792, 192, 1)
+        + bn_conv(1792, 192, 1)
+        + bn_conv(192, 192, 1, 3)
+        + bn_conv(192, 192, 3, 1)
+        + up_conv(384, 1792)
+    )  # Fig. 13
     total = stem + 5 * block_a + reduction_a + 10 * block_b + reduction_b + 5 * block_c + 1792 * 1000 + 1000
     assert total == IR1_PARAMS
     assert param_count("inception_resnet_v1") == IR1_PARAMS
@@ -230,10 +271,19 @@ def test_ir1_grid_sizes_follow_the_paper():
     x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
     _, out = jax.eval_shape(lambda v, x: model.apply(v, x, return_endpoints=True), variables, x)
     shapes = {k: v.shape[1:] for k, v in out.items() if k not in ("pre_logits", "aux_logits")}
-    assert shapes == {"conv2d_1a": (149, 149, 32), "conv2d_2a": (147, 147, 32), "conv2d_2b": (147, 147, 64),
-                      "conv2d_3b": (73, 73, 80), "conv2d_4a": (71, 71, 192), "conv2d_4b": (35, 35, 256),
-                      "repeat": (35, 35, 256), "mixed_6a": (17, 17, 896), "repeat_1": (17, 17, 896),
-                      "mixed_7a": (8, 8, 1792), "repeat_2": (8, 8, 1792)}  # Figs. 14, 7, 12
+    assert shapes == {
+        "conv2d_1a": (149, 149, 32),
+        "conv2d_2a": (147, 147, 32),
+        "conv2d_2b": (147, 147, 64),
+        "conv2d_3b": (73, 73, 80),
+        "conv2d_4a": (71, 71, 192),
+        "conv2d_4b": (35, 35, 256),
+        "repeat": (35, 35, 256),
+        "mixed_6a": (17, 17, 896),
+        "repeat_1": (17, 17, 896),
+        "mixed_7a": (8, 8, 1792),
+        "repeat_2": (8, 8, 1792),
+    }  # Figs. 14, 7, 12
     assert out["pre_logits"].shape == (1, 1792)
 
 

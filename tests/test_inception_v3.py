@@ -18,13 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from reference_models import assert_logits_close, calibrate_batchnorm, nchw, torch, torch_state_dict
 
 import inception_jax
-from inception_jax.tools.convert import from_torch
 from inception_jax.models import inception_v3 as v3_module
 from inception_jax.models import layers, profile, registry
+from inception_jax.tools.convert import from_torch
 
 timm = pytest.importorskip("timm")
 torchvision = pytest.importorskip("torchvision")
@@ -38,7 +37,7 @@ def images(size: int, seed: int = 0, batch: int = 2) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(name: str, train: bool = False, **options):
     """One jitted forward per model configuration (eval: with endpoints); one executable per input shape."""
     model = registry.create_model(name, **options)
@@ -179,8 +178,9 @@ def test_aux_head_train_mode_matches_timm(timm_model, timm_variables, kernels):
     the CPU forms ("auto" on this CPU) and with XLA's operations."""
     ref_model = copy.deepcopy(timm_model).train()
     x = images(299, seed=3)
-    (logits, out), new_vars = jitted_apply("inception_v3", train=True, aux_logits=True, dropout_rate=0.0,
-                                           kernels=kernels)(timm_variables, x)
+    (logits, out), new_vars = jitted_apply(
+        "inception_v3", train=True, aux_logits=True, dropout_rate=0.0, kernels=kernels
+    )(timm_variables, x)
     with torch.no_grad():
         ref_logits, ref_aux = ref_model(nchw(x))
     assert_logits_close(logits, ref_logits.numpy())
@@ -293,7 +293,8 @@ def test_inception_v2_is_v3_before_factorized_7x7_and_bn_auxiliary():
     options = registry.model_options("inception_v2")
     assert options["factorize_7x7"] is False and options["bn_aux"] is False
     assert {k: v for k, v in options.items() if k not in ("factorize_7x7", "bn_aux")} == {
-        k: v for k, v in registry.model_options("inception_v3").items() if k not in ("factorize_7x7", "bn_aux")}
+        k: v for k, v in registry.model_options("inception_v3").items() if k not in ("factorize_7x7", "bn_aux")
+    }
     assert registry.data_config("inception_v2") == registry.data_config("inception_v3")
     assert {"inception_v2", "inception_v3"} <= set(inception_jax.list_models())
     # By hand: v3 - 19,232 (7x7 stem, see above) = 23,815,336; with aux also - 768 (conv1 BN) = 27,141,264.

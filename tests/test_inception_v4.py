@@ -19,12 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference_models import (
+    assert_float32_as_exact_as_reference,
+    assert_logits_close,
+    calibrate_batchnorm,
+    nchw,
+    torch,
+    torch_state_dict,
+)
 
-from reference_models import (assert_float32_as_exact_as_reference, assert_logits_close, calibrate_batchnorm, nchw,
-                              torch, torch_state_dict)
-
-from inception_jax.tools.convert import from_torch
 from inception_jax.models import profile, registry
+from inception_jax.tools.convert import from_torch
 
 timm = pytest.importorskip("timm")
 
@@ -43,7 +48,7 @@ def param_count(size: int = 299, **options) -> int:
     return profile.count_params(profile.abstract_variables(model, size)["params"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_apply(endpoints: bool = False, **options):
     model = registry.create_model("inception_v4", **options)
     if endpoints:
@@ -55,7 +60,9 @@ def apply64(variables, x, kernels="auto", **options):
     """Our model in float64 (parameters and activations): logits and timm's feature_info taps, NCHW."""
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-        logits, out = jitted_apply(endpoints=True, param_dtype=jnp.float64, kernels=kernels, **options)(v64, jnp.asarray(x, jnp.float64))
+        logits, out = jitted_apply(endpoints=True, param_dtype=jnp.float64, kernels=kernels, **options)(
+            v64, jnp.asarray(x, jnp.float64)
+        )
         return np.asarray(logits), [np.asarray(out[k]).transpose(0, 3, 1, 2) for k in TIMM_TAPS]
 
 
@@ -144,7 +151,9 @@ def test_aux_head_runs_in_train_mode_and_at_the_minimum_size():
         x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
         (logits, out), _ = jax.eval_shape(
             lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)}),
-            variables, x)
+            variables,
+            x,
+        )
         assert logits.shape == (2, 10) and [a.shape for a in out["aux_logits"]] == [(2, 10)]
         eval_logits, eval_out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
         assert eval_out["aux_logits"] == ()

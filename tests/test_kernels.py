@@ -78,13 +78,16 @@ def test_pointwise_conv_as_a_product_equals_xlas_conv_with_gradients(padding):
         _close(vjp(_conv), vjp(_lax_conv), rel=0)
 
 
-@pytest.mark.parametrize("kernel, strides, padding, kw", [
-    ((3, 3), (1, 1), ((1, 1), (1, 1)), {}),
-    ((1, 1), (2, 2), "VALID", {}),            # strided 1x1: a subsampling, left to XLA
-    ((1, 1), (1, 1), ((1, 1), (1, 1)), {}),  # padded 1x1
-    ((1, 7), (1, 1), ((0, 0), (3, 3)), {}),
-    ((1, 1), (1, 1), "VALID", {"feature_group_count": 2}),
-])
+@pytest.mark.parametrize(
+    "kernel, strides, padding, kw",
+    [
+        ((3, 3), (1, 1), ((1, 1), (1, 1)), {}),
+        ((1, 1), (2, 2), "VALID", {}),  # strided 1x1: a subsampling, left to XLA
+        ((1, 1), (1, 1), ((1, 1), (1, 1)), {}),  # padded 1x1
+        ((1, 7), (1, 1), ((0, 0), (3, 3)), {}),
+        ((1, 1), (1, 1), "VALID", {"feature_group_count": 2}),
+    ],
+)
 def test_other_convolutions_are_xlas_in_every_form(kernel, strides, padding, kw):
     groups = kw.get("feature_group_count", 1)
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 8))
@@ -103,7 +106,8 @@ def test_convbn_has_flaxs_parameters_and_function(form):
         ours = unit.apply(variables, x)
     assert jax.tree.map(jnp.shape, variables["params"]["conv"]) == {"kernel": (1, 1, 16, 12)}
     conv = nn.Conv(12, (1, 1), padding=((0, 0), (0, 0)), use_bias=False).apply(
-        {"params": variables["params"]["conv"]}, x)
+        {"params": variables["params"]["conv"]}, x
+    )
     bn, stats = variables["params"]["bn"], variables["batch_stats"]["bn"]
     expected = jax.nn.relu((conv - stats["mean"]) / jnp.sqrt(stats["var"] + 1e-3) * bn["scale"] + bn["bias"])
     np.testing.assert_allclose(np.asarray(ours), np.asarray(expected), rtol=1e-5, atol=1e-5)
@@ -123,8 +127,9 @@ def _bn_inputs(shape=(4, 11, 9, 24), seed=5):
 
 def _apply_bn(module, params, stats, x, train):
     if train:
-        return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=False,
-                            mutable=["batch_stats"])
+        return module.apply(
+            {"params": params, "batch_stats": stats}, x, use_running_average=False, mutable=["batch_stats"]
+        )
     return module.apply({"params": params, "batch_stats": stats}, x, use_running_average=True), None
 
 
@@ -141,8 +146,10 @@ def test_batchnorm_has_flaxs_variables_and_its_inference_output_bit_for_bit(use_
     stats = {"mean": jnp.linspace(-1.0, 3.0, 24), "var": jnp.linspace(0.5, 4.0, 24)}
     for form in FORMS:
         with kernels.use(form):
-            np.testing.assert_array_equal(np.asarray(_apply_bn(ours, params, stats, x, False)[0]),
-                                          np.asarray(_apply_bn(ref, params, stats, x, False)[0]))
+            np.testing.assert_array_equal(
+                np.asarray(_apply_bn(ours, params, stats, x, False)[0]),
+                np.asarray(_apply_bn(ref, params, stats, x, False)[0]),
+            )
 
 
 @pytest.mark.parametrize("use_scale", [True, False])
@@ -208,7 +215,8 @@ def test_batchnorm_gradients_take_the_parameters_dtypes(use_scale):
     variables = module.init(jax.random.key(0), x, use_running_average=False)
     with kernels.use("cpu"):
         grads = jax.grad(lambda p: jnp.sum(_apply_bn(module, p, variables["batch_stats"], x, True)[0]))(
-            variables["params"])
+            variables["params"]
+        )
     assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(lambda p: p.dtype, variables["params"])
 
 
@@ -224,7 +232,8 @@ def test_batchnorm_options_the_cpu_form_lacks_run_flaxs_form_or_are_refused():
         with kernels.use("auto"):
             ours = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"], **call)
         ref = nn.BatchNorm(**{"use_fast_variance": False, **options}).apply(
-            variables, x, use_running_average=False, mutable=["batch_stats"], **call)
+            variables, x, use_running_average=False, mutable=["batch_stats"], **call
+        )
         _close(ours, ref, rel=0)
         with kernels.use("cpu"), pytest.raises(ValueError, match="kernels='cpu' normalises over the last axis"):
             module.apply(variables, x, use_running_average=False, mutable=["batch_stats"], **call)
@@ -266,19 +275,24 @@ def _flax_max_pool(x, window, strides, padding=0, *, ceil_mode=False, padding_mo
         ph, pw = layers.pair(padding)
         pads = ((ph, ph), (pw, pw))
         if ceil_mode:
-            pads = (layers.ceil_mode_pads(x.shape[1], window[0], strides[0], ph),
-                    layers.ceil_mode_pads(x.shape[2], window[1], strides[1], pw))
+            pads = (
+                layers.ceil_mode_pads(x.shape[1], window[0], strides[0], ph),
+                layers.ceil_mode_pads(x.shape[2], window[1], strides[1], pw),
+            )
     return nn.max_pool(x, window, strides, padding=pads)
 
 
-@pytest.mark.parametrize("shape, window, strides, padding, ceil_mode, padding_mode", [
-    ((2, 15, 15, 5), 3, 2, 0, True, "torch"),   # GoogLeNet's reductions (ceil_mode: a last partial window)
-    ((2, 14, 14, 4), 3, 1, 1, True, "torch"),   # its branch pools
-    ((2, 14, 14, 4), 2, 2, 0, True, "torch"),
-    ((2, 17, 17, 6), 3, 2, 0, False, "torch"),  # Inception-v3's reductions
-    ((2, 16, 16, 3), 3, 2, 1, True, "tf"),      # TF 'SAME', asymmetric pads
-    ((2, 9, 11, 3), (3, 2), (2, 1), 0, False, "torch"),
-])
+@pytest.mark.parametrize(
+    "shape, window, strides, padding, ceil_mode, padding_mode",
+    [
+        ((2, 15, 15, 5), 3, 2, 0, True, "torch"),  # GoogLeNet's reductions (ceil_mode: a last partial window)
+        ((2, 14, 14, 4), 3, 1, 1, True, "torch"),  # its branch pools
+        ((2, 14, 14, 4), 2, 2, 0, True, "torch"),
+        ((2, 17, 17, 6), 3, 2, 0, False, "torch"),  # Inception-v3's reductions
+        ((2, 16, 16, 3), 3, 2, 1, True, "tf"),  # TF 'SAME', asymmetric pads
+        ((2, 9, 11, 3), (3, 2), (2, 1), 0, False, "torch"),
+    ],
+)
 def test_max_pool_equals_flaxs_with_gradients_ties_included(shape, window, strides, padding, ceil_mode, padding_mode):
     """Values bit for bit; gradients as XLA's, on post-ReLU inputs full of ties (the first maximum in
     row-major order takes the gradient)."""
@@ -293,16 +307,21 @@ def test_max_pool_equals_flaxs_with_gradients_ties_included(shape, window, strid
         with kernels.use(form):
             y, ours_vjp = jax.vjp(ours, x)
             np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
-            np.testing.assert_allclose(np.asarray(jax.jit(lambda c: ours_vjp(c)[0])(cotangent)),
-                                       np.asarray(ref_vjp(cotangent)[0]), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(jax.jit(lambda c: ours_vjp(c)[0])(cotangent)),  # noqa: B023 (called at once)
+                np.asarray(ref_vjp(cotangent)[0]),
+                rtol=1e-6,
+                atol=1e-6,
+            )
     # The CPU form's forward mode is the same linear map: <cotangent, J t> = <J^T cotangent, t> with
     # XLA's J^T. (XLA's own forward mode breaks ties its own way: compared on tie-free inputs.)
     with kernels.use("cpu"):
         forward = jax.jvp(ours, (x,), (tangent,))[1]
         untied = jax.random.normal(kx, shape)
         untied_forward = jax.jvp(ours, (untied,), (tangent,))[1]
-    np.testing.assert_allclose(float(jnp.vdot(cotangent, forward)), float(jnp.vdot(ref_vjp(cotangent)[0], tangent)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(jnp.vdot(cotangent, forward)), float(jnp.vdot(ref_vjp(cotangent)[0], tangent)), rtol=1e-5
+    )
     np.testing.assert_array_equal(np.asarray(untied_forward), np.asarray(jax.jvp(flax_pool, (untied,), (tangent,))[1]))
 
 
@@ -323,15 +342,19 @@ def test_max_pool_gradient_is_select_and_scatter_only_in_xlas_form_and_nan_wins_
 
 def test_global_norm_equals_optax_in_each_form_and_precision():
     rng = np.random.default_rng(3)
-    tree = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": [rng.normal(size=7).astype(np.float32)],
-            "c": np.float32(-2.5)}
+    tree = {
+        "a": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": [rng.normal(size=7).astype(np.float32)],
+        "c": np.float32(-2.5),
+    }
     half = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), tree)
     for form in FORMS:
-        norm = jax.jit(lambda t: kernels.global_norm(t, form))
+        norm = jax.jit(lambda t, form=form: kernels.global_norm(t, form))
         np.testing.assert_allclose(norm(tree), optax.tree.norm(tree), rtol=1e-6)
         assert norm(half).dtype == jnp.float32  # bf16 leaves are summed in float32
-        np.testing.assert_allclose(norm(half), optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), half)),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            norm(half), optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), half)), rtol=1e-6
+        )
         assert float(kernels.global_norm({}, form)) == 0.0
 
 
@@ -383,8 +406,10 @@ def test_both_forms_make_the_same_train_step_in_float64():
     c.grad_clip_norm, c.ema_decay, c.label_smoothing = 0.5, 0.99, 0.1
     mesh = parallel.make_mesh()
     rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (16, 15, 15, 3), dtype=np.uint8),
-             "label": rng.integers(0, 10, 16).astype(np.int32)}
+    batch = {
+        "image": rng.integers(0, 256, (16, 15, 15, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
     model = _EveryLayer()
     results = {}
     with jax.enable_x64(True):
@@ -402,7 +427,8 @@ def test_both_forms_make_the_same_train_step_in_float64():
             state, metrics = step(state, global_batch, jax.random.key(1))
             images = train.normalise_images(batch["image"], config.input.mean, config.input.std).astype(jnp.float64)
             logits = jax.jit(train.kernel_scope(lambda v, x: model.apply(v, x)[0], config, mesh))(
-                {"params": state.params, "batch_stats": state.batch_stats}, images)
+                {"params": state.params, "batch_stats": state.batch_stats}, images
+            )
             results[form] = jax.device_get({"state": state, "metrics": metrics, "logits": logits})
     cpu, xla = results["cpu"], results["xla"]
     assert {leaf.dtype for leaf in jax.tree.leaves(cpu["state"].params)} == {np.dtype(np.float64)}

@@ -12,9 +12,9 @@ import pytest
 from jax import export
 
 from inception_jax import kernels, optim
+from inception_jax.models import layers, registry
 from inception_jax.trainer import parallel, train, validation
 from inception_jax.trainer.config import base_config
-from inception_jax.models import layers, registry
 
 ACCELERATORS = ("cuda", "tpu")
 SELECT_AND_SCATTER = "stablehlo.select_and_scatter"
@@ -57,8 +57,9 @@ def _exported_steps(config, platform: str, platforms: tuple[str, ...], *, eval_s
     size = config.input.image_size
     config.aux_loss_weights = (0.3,) * model.num_aux_heads
     tx, schedule = optim.make_optimizer(config, 100, config.total_steps)
-    state = _abstract(jax.eval_shape(lambda k: train.init_state(model, tx, config, size, k), jax.random.key(0)),
-                      replicated)
+    state = _abstract(
+        jax.eval_shape(lambda k: train.init_state(model, tx, config, size, k), jax.random.key(0)), replicated
+    )
     images = jax.ShapeDtypeStruct((BATCH, size, size, 3), jnp.uint8, sharding=rows)
     labels = jax.ShapeDtypeStruct((BATCH,), jnp.int32, sharding=rows)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
@@ -67,8 +68,11 @@ def _exported_steps(config, platform: str, platforms: tuple[str, ...], *, eval_s
     if eval_step:
         evaluate = train.make_eval_step(model, mesh, config, platform=platform)
         mask = jax.ShapeDtypeStruct((BATCH,), jnp.bool_, sharding=rows)
-        exported.append(export.export(evaluate, platforms=platforms)(
-            state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask}))
+        exported.append(
+            export.export(evaluate, platforms=platforms)(
+                state.params, state.batch_stats, {"image": images, "label": labels, "mask": mask}
+            )
+        )
     return exported
 
 
@@ -80,8 +84,12 @@ def test_every_step_lowers_for_gpu_and_tpu_with_xlas_operations(name):
     variant has them: for cuda and tpu together, with XLA's max-pool derivative and none of the CPU forms."""
     plain, evaluate = _exported_steps(_config(name), "cuda", ACCELERATORS, eval_step=True)
     scan = {"model__scan_blocks": True} if "scan_blocks" in registry.model_options(name) else {}
-    recipe, = _exported_steps(_config(name, bn_statistics="per_device", grad_accum_steps=2, ema_decay=0.999,
-                                      model__dtype="bfloat16", **scan), "tpu", ACCELERATORS, eval_step=False)
+    (recipe,) = _exported_steps(
+        _config(name, bn_statistics="per_device", grad_accum_steps=2, ema_decay=0.999, model__dtype="bfloat16", **scan),
+        "tpu",
+        ACCELERATORS,
+        eval_step=False,
+    )
     assert plain.platforms == recipe.platforms == ACCELERATORS
     texts = {what: e.mlir_module() for what, e in (("plain", plain), ("eval", evaluate), ("recipe", recipe))}
     for text in texts.values():
@@ -124,7 +132,7 @@ def test_auto_outside_the_trainer_is_decided_by_the_lowering_platform():
 
     def loss(params):
         out, _ = unit.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(out ** 2)
+        return jnp.sum(out**2)
 
     grad = jax.jit(jax.grad(loss))
     texts = {p: export.export(grad, platforms=(p,))(variables["params"]).mlir_module() for p in ("cpu", "cuda", "tpu")}

@@ -7,8 +7,8 @@ model is held to the shared contract and to the reference parameter counts and G
 from __future__ import annotations
 
 import jax
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import inception_jax
@@ -59,8 +59,19 @@ def test_unknown_option_names_the_valid_ones():
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_common_options_exist_everywhere(name):
     options = inception_jax.model_options(name)
-    for field in ("num_classes", "in_channels", "dropout_rate", "aux_logits", "width_multiplier",
-                  "bn_momentum", "bn_epsilon", "padding_mode", "remat", "dtype", "param_dtype"):
+    for field in (
+        "num_classes",
+        "in_channels",
+        "dropout_rate",
+        "aux_logits",
+        "width_multiplier",
+        "bn_momentum",
+        "bn_epsilon",
+        "padding_mode",
+        "remat",
+        "dtype",
+        "param_dtype",
+    ):
         assert field in options, f"{name} lacks option {field}"
 
 
@@ -123,6 +134,7 @@ def test_report_rejects_unknown_models():
 
 # --- The call contract, at small sizes so every variant runs quickly ------------------------------
 
+
 def _small(name):
     """A quarter-width variant with aux heads, its abstract variables and an abstract batch.
 
@@ -134,8 +146,16 @@ def _small(name):
     return model, profile.abstract_variables(model, size), jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
 
 
-AUX_HEADS = {"googlenet": 2, "fid_inception_v3": 1, "inception_v2": 1, "inception_v3": 1, "inception_v4": 1,
-             "inception_resnet_v1": 1, "inception_resnet_v2": 1, "bn_inception": 0}
+AUX_HEADS = {
+    "googlenet": 2,
+    "fid_inception_v3": 1,
+    "inception_v2": 1,
+    "inception_v3": 1,
+    "inception_v4": 1,
+    "inception_resnet_v1": 1,
+    "inception_resnet_v2": 1,
+    "bn_inception": 0,
+}
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -163,7 +183,9 @@ def test_call_contract(name):
 
     (t_logits, t_out), updates = jax.eval_shape(
         lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}),
-        variables, x)
+        variables,
+        x,
+    )
     assert t_logits.shape == (2, 7)
     assert isinstance(t_out["aux_logits"], tuple) and len(t_out["aux_logits"]) == AUX_HEADS[name]
     for aux in t_out["aux_logits"]:
@@ -206,9 +228,14 @@ def test_minimum_size_runs(name):
 def test_width_multiplier_scales_parameters(name):
     """slim's depth_multiplier: conv channels scale, so conv weights shrink roughly quadratically."""
     size = inception_jax.data_config(name).input_size
-    full = profile.count_params(profile.abstract_variables(inception_jax.create_model(name, num_classes=0), size)["params"])
+    full = profile.count_params(
+        profile.abstract_variables(inception_jax.create_model(name, num_classes=0), size)["params"]
+    )
     half = profile.count_params(
-        profile.abstract_variables(inception_jax.create_model(name, num_classes=0, width_multiplier=0.5), size)["params"])
+        profile.abstract_variables(inception_jax.create_model(name, num_classes=0, width_multiplier=0.5), size)[
+            "params"
+        ]
+    )
     assert 0.2 * full < half < 0.35 * full
 
 
@@ -230,7 +257,9 @@ def test_depths_add_or_drop_whole_blocks(name):
     base = params()
     for stage, block in enumerate(first_blocks):
         deeper = tuple(d + (i == stage) for i, d in enumerate(default))
-        assert profile.count_params(params(depths=deeper)) == profile.count_params(base) + profile.count_params(base[block])
+        assert profile.count_params(params(depths=deeper)) == profile.count_params(base) + profile.count_params(
+            base[block]
+        )
     shallow = params(depths=(1, 1, 1), aux_logits=True)
     assert shallow["AuxLogits"]["conv1"]["conv"]["kernel"].shape[:2] == (5, 5)
     with pytest.raises(ValueError, match=r"depths takes 3 whole numbers >= 1.*got \(1, 0, 1\)"):
@@ -250,8 +279,9 @@ def test_bf16_forward_tracks_fp32(name):
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
     variables = jax.jit(model32.init)(jax.random.key(1), x)  # jitted: eager dispatch is far slower on CPU
     # Give BN realistic statistics: one train-mode pass on this batch.
-    _, updates = jax.jit(lambda v, x: model32.apply(v, x, train=True, mutable=["batch_stats"],
-                                                    rngs={"dropout": jax.random.key(2)}))(variables, x)
+    _, updates = jax.jit(
+        lambda v, x: model32.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)})
+    )(variables, x)
     variables = {**variables, **updates}
     ref, _ = jax.jit(lambda v, x: model32.apply(v, x))(variables, x)
     low, out = jax.jit(lambda v, x: model16.apply(v, x))(variables, x)
@@ -289,8 +319,16 @@ def test_avg_pool_semantics_is_a_switch_on_every_padded_pool_family(name):
 
 # Inception blocks per variant at width 0.125 and depths (1, 1, 1) where the family has depths: what
 # `remat=True` must checkpoint (REFERENCES.md §1's block lists; v3: 3 x A, B, 4 x C, D, 2 x E).
-REMAT_BLOCKS = {"googlenet": 9, "bn_inception": 10, "inception_v2": 11, "inception_v3": 11,
-                "fid_inception_v3": 11, "inception_v4": 8, "inception_resnet_v2": 7, "inception_resnet_v1": 5}
+REMAT_BLOCKS = {
+    "googlenet": 9,
+    "bn_inception": 10,
+    "inception_v2": 11,
+    "inception_v3": 11,
+    "fid_inception_v3": 11,
+    "inception_v4": 8,
+    "inception_resnet_v2": 7,
+    "inception_resnet_v1": 5,
+}
 
 
 def _count_remat(jaxpr) -> int:
@@ -315,7 +353,8 @@ def _remat_model(name, remat):
 def _train_loss(model):
     def loss(variables, x):
         (logits, _), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(logits ** 2)
+        return jnp.sum(logits**2)
+
     return loss
 
 
@@ -326,8 +365,12 @@ def test_remat_checkpoints_every_block(name):
     for remat in (False, True):
         model, x = _remat_model(name, remat)
         variables = jax.eval_shape(model.init, jax.random.key(0), x)
-        counts.append((_count_remat(jax.make_jaxpr(_train_loss(model))(variables, x).jaxpr),
-                       jax.tree.map(lambda a: a.shape, variables)))
+        counts.append(
+            (
+                _count_remat(jax.make_jaxpr(_train_loss(model))(variables, x).jaxpr),
+                jax.tree.map(lambda a: a.shape, variables),
+            )
+        )
     assert counts[0][0] == 0 and counts[1][0] == REMAT_BLOCKS[name]
     assert counts[0][1] == counts[1][1]
 

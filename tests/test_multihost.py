@@ -48,13 +48,22 @@ def digits_dir(tmp_path_factory):
 
 
 def _flags(workdir, data_dir, *, steps=STEPS, bn="global", float64=True, batch=16, checkpoint_every=3):
-    flags = [f"--config={DIGITS_CONFIG}", f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-             f"--config.total_steps={steps}", "--config.num_epochs=0.0", f"--config.batch_size={batch}",
-             "--config.eval_batch_size=64", "--config.model.width_multiplier=0.0625",
-             "--config.schedule.warmup_epochs=0.0", "--config.log_every_steps=1",
-             f"--config.checkpoint_every_steps={checkpoint_every}", "--config.eval_every_steps=3",
-             "--config.progress_bar=False",
-             f"--config.bn_statistics={bn}"]
+    flags = [
+        f"--config={DIGITS_CONFIG}",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_dir}",
+        f"--config.total_steps={steps}",
+        "--config.num_epochs=0.0",
+        f"--config.batch_size={batch}",
+        "--config.eval_batch_size=64",
+        "--config.model.width_multiplier=0.0625",
+        "--config.schedule.warmup_epochs=0.0",
+        "--config.log_every_steps=1",
+        f"--config.checkpoint_every_steps={checkpoint_every}",
+        "--config.eval_every_steps=3",
+        "--config.progress_bar=False",
+        f"--config.bn_statistics={bn}",
+    ]
     if float64:
         flags += ["--config.model.dtype=float64", "--config.model.param_dtype=float64"]
     return flags
@@ -84,10 +93,29 @@ def _start(flags, *, processes=1, devices=8, float64=True, **env):
         argv = [[sys.executable, "-m", "inception_jax.trainer.main", *flags]]
     else:
         address = f"127.0.0.1:{_free_port()}"
-        argv = [[sys.executable, "-m", "inception_jax.trainer.main", *flags, f"--coordinator_address={address}",
-                 f"--num_processes={processes}", f"--process_id={i}"] for i in range(processes)]
-    return [subprocess.Popen(a, cwd=REPO, env=_env(devices // processes, float64, **env), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for a in argv]
+        argv = [
+            [
+                sys.executable,
+                "-m",
+                "inception_jax.trainer.main",
+                *flags,
+                f"--coordinator_address={address}",
+                f"--num_processes={processes}",
+                f"--process_id={i}",
+            ]
+            for i in range(processes)
+        ]
+    return [
+        subprocess.Popen(
+            a,
+            cwd=REPO,
+            env=_env(devices // processes, float64, **env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for a in argv
+    ]
 
 
 def _finish(procs, timeout=TIMEOUT):
@@ -158,7 +186,10 @@ def _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs)
     assert "joined: process 1 of 2, 4 local of 8 devices" in out1
     assert "global batch 16 (2 per device" in out0 and "global order" in out0
     assert "final eval at step" in out0 and "final eval" not in out1  # only process 0 reports
-    assert sorted(os.listdir(global_runs["two"])) == ["checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
+    files = ["checkpoints", "config.json", "metrics.jsonl", "status.json", "tensorboard"]
+    assert sorted(os.listdir(global_runs["two"])) == files
+    status = rundir.read_status(global_runs["two"])
+    assert (status["status"], status["step"], status["exit_code"]) == (rundir.FINISHED, STEPS, 0), status
 
 
 @pytest.mark.slow
@@ -174,7 +205,7 @@ def test_two_processes_train_exactly_as_one_with_per_device_batchnorm(digits_dir
 def _check_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(global_runs["two"], work)
-    (status, out), = _finish(_start(_flags(work, global_runs["data_dir"], steps=STEPS + 2), devices=1))
+    ((status, out),) = _finish(_start(_flags(work, global_runs["data_dir"], steps=STEPS + 2), devices=1))
     assert status == 0, out[-3000:]
     assert "1 process(es), 1 device(s)" in out
     assert [r["step"] for r in _train_records(work)] == list(range(1, STEPS + 3))
@@ -195,8 +226,12 @@ def _check_sigterm_to_one_process_stops_both_at_the_same_step_and_the_pair_resum
     procs[1].send_signal(signal.SIGTERM)
     (s0, out0), (s1, out1) = _finish(procs)
     assert s0 == 0 and s1 == 0, out0[-2000:] + out1[-2000:]
-    stopped = [int(line.split("saving step ")[1].split()[0]) for out in (out0, out1)
-               for line in out.splitlines() if "saving step" in line]
+    stopped = [
+        int(line.split("saving step ")[1].split()[0])
+        for out in (out0, out1)
+        for line in out.splitlines()
+        if "saving step" in line
+    ]
     assert len(stopped) == 2 and stopped[0] == stopped[1] < STEPS, (out0[-2000:], out1[-2000:])
     assert "another process stopped" in out0 and "received signal 15" in out1
     checkpoints = ckpt_lib.Checkpointer(str(work))
@@ -228,9 +263,22 @@ def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_pa
     flags = _flags(tmp_path / "w", digits_dir, float64=False)
     address = f"127.0.0.1:{_free_port()}"
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *flags, f"--coordinator_address={address}",
-                           "--num_processes=2", "--process_id=1"], cwd=REPO, capture_output=True, text=True,
-                          env=_env(4, False, JAX_INITIALIZATION_TIMEOUT="10"), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inception_jax.trainer.main",
+            *flags,
+            f"--coordinator_address={address}",
+            "--num_processes=2",
+            "--process_id=1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_env(4, False, JAX_INITIALIZATION_TIMEOUT="10"),
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert f"error: process 1 of 2 at {address}: not every process joined within 10 s" in proc.stderr
     assert time.monotonic() - t0 < 60
@@ -239,12 +287,23 @@ def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_pa
 
 def test_joining_twice_in_one_process_is_harmless():
     """A notebook calling train_and_evaluate twice joins once: the second call is a no-op."""
-    code = ("import sys, jax; from inception_jax.trainer import parallel; args = (sys.argv[1], 2, int(sys.argv[2])); "
-            "first = parallel.initialize_distributed(*args); second = parallel.initialize_distributed(*args); "
-            "print('result', first, second, jax.process_count(), jax.device_count())")
+    code = (
+        "import sys, jax; from inception_jax.trainer import parallel; args = (sys.argv[1], 2, int(sys.argv[2])); "
+        "first = parallel.initialize_distributed(*args); second = parallel.initialize_distributed(*args); "
+        "print('result', first, second, jax.process_count(), jax.device_count())"
+    )
     address = f"127.0.0.1:{_free_port()}"
-    procs = [subprocess.Popen([sys.executable, "-c", code, address, str(i)], cwd=REPO, env=_env(2, False),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, address, str(i)],
+            cwd=REPO,
+            env=_env(2, False),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for status, out in _finish(procs, timeout=120):
         assert status == 0, out[-2000:]
         assert "result True True 2 4" in out
@@ -252,24 +311,54 @@ def test_joining_twice_in_one_process_is_harmless():
 
 
 def test_half_a_cluster_spec_is_a_usage_error(digits_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *_flags(tmp_path / "w", digits_dir),
-                           "--coordinator_address=127.0.0.1:1234"], cwd=REPO, capture_output=True, text=True,
-                          env=_env(1, False), timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "inception_jax.trainer.main",
+            *_flags(tmp_path / "w", digits_dir),
+            "--coordinator_address=127.0.0.1:1234",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_env(1, False),
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "missing: --num_processes, --process_id" in proc.stderr
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
-      "SLURM_LOCALID": "0"}, "slurm"),
-    ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
-      "SLURM_LOCALID": "0"}, None),  # one task: runs alone, never waits for a peer
-    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # an sbatch script outside srun
-    ({"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:4000", "OMPI_COMM_WORLD_SIZE": "4"}, "openmpi"),
-    ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "cloud_tpu"),
-    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, None),
+        (
+            {
+                "SLURM_JOB_ID": "7",
+                "SLURM_STEP_NODELIST": "n[1-2]",
+                "SLURM_NTASKS": "2",
+                "SLURM_PROCID": "1",
+                "SLURM_LOCALID": "0",
+            },
+            "slurm",
+        ),
+        (
+            {
+                "SLURM_JOB_ID": "7",
+                "SLURM_STEP_NODELIST": "n1",
+                "SLURM_NTASKS": "1",
+                "SLURM_PROCID": "0",
+                "SLURM_LOCALID": "0",
+            },
+            None,
+        ),  # one task: runs alone, never waits for a peer
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, None),  # an sbatch script outside srun
+        ({"OMPI_MCA_orte_hnp_uri": "1.0;tcp://10.0.0.1:4000", "OMPI_COMM_WORLD_SIZE": "4"}, "openmpi"),
+        ({"TPU_WORKER_HOSTNAMES": "t0,t1,t2,t3"}, "cloud_tpu"),
+        ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
+    ],
+)
 def test_launcher_detection(env, expected, monkeypatch):
     from inception_jax.trainer import parallel
 
@@ -301,14 +390,21 @@ def test_explicit_cluster_spec(monkeypatch):
         parallel.cluster_spec(mode="sometimes")
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({"SLURM_STEP_TASKS_PER_NODE": "1(x4)", "SLURM_NODEID": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
-     list(range(8))),  # one task per host: all of its GPUs, not JAX's default of the local rank's one
-    ({"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_NODEID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
-     None),  # one task per GPU: JAX's default is right
-    ({"SLURM_STEP_TASKS_PER_NODE": "2,1", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "4"}, [0, 1, 2, 3]),
-    ({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NODEID": "0"}, None),  # no GPUs given: CPU or TPU
-])
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            {"SLURM_STEP_TASKS_PER_NODE": "1(x4)", "SLURM_NODEID": "2", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+            list(range(8)),
+        ),  # one task per host: all of its GPUs, not JAX's default of the local rank's one
+        (
+            {"SLURM_STEP_TASKS_PER_NODE": "8(x2)", "SLURM_NODEID": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"},
+            None,
+        ),  # one task per GPU: JAX's default is right
+        ({"SLURM_STEP_TASKS_PER_NODE": "2,1", "SLURM_NODEID": "1", "SLURM_GPUS_ON_NODE": "4"}, [0, 1, 2, 3]),
+        ({"SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_NODEID": "0"}, None),  # no GPUs given: CPU or TPU
+    ],
+)
 def test_one_slurm_task_per_host_uses_all_its_gpus(env, expected, monkeypatch):
     from inception_jax.trainer import parallel
 

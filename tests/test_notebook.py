@@ -25,12 +25,15 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("QUICKSTART_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.delenv("QUICKSTART_WEIGHTS", raising=False)
     # One CPU device, as a user's laptop kernel has (conftest's 8 fake devices make each step slower).
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", ""))
+    monkeypatch.setenv(
+        "XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    )
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # The kernel is this interpreter (ipykernel's "python3" spec runs sys.executable) and inherits the
     # suite's environment (the compile level and cache).
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}
+    )
     client.execute()
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "inception_v3" in text and "23,834,568" in text  # the zoo table

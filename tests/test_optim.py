@@ -18,12 +18,25 @@ def make_config(**overrides):
     c.num_epochs = 100
     c.grad_clip_norm = None
     c.optimizer = dict(
-        name="rmsprop", momentum=0.9, nesterov=False, rms_decay=0.9, eps=1.0, rms_initial_scale=1.0,
-        b1=0.9, b2=0.999, weight_decay=0.0, weight_decay_mode="l2",
+        name="rmsprop",
+        momentum=0.9,
+        nesterov=False,
+        rms_decay=0.9,
+        eps=1.0,
+        rms_initial_scale=1.0,
+        b1=0.9,
+        b2=0.999,
+        weight_decay=0.0,
+        weight_decay_mode="l2",
     )
     c.schedule = dict(
-        name="exponential", base_learning_rate=0.045, decay_rate=0.94, decay_epochs=2.0, staircase=True,
-        warmup_epochs=0.0, end_learning_rate=0.0,
+        name="exponential",
+        base_learning_rate=0.045,
+        decay_rate=0.94,
+        decay_epochs=2.0,
+        staircase=True,
+        warmup_epochs=0.0,
+        end_learning_rate=0.0,
     )
     for key, value in overrides.items():  # "schedule__name" -> c.schedule.name
         *parents, leaf = key.split("__")
@@ -83,7 +96,9 @@ def test_smooth_exponential_schedule():
 def test_warmup_then_cosine_endpoints():
     spe = 10  # 2 epochs warmup = 20 steps, then cosine over 100 steps from 0.1 to 0.001
     config = make_config(
-        schedule__name="cosine", schedule__base_learning_rate=0.1, schedule__warmup_epochs=2.0,
+        schedule__name="cosine",
+        schedule__base_learning_rate=0.1,
+        schedule__warmup_epochs=2.0,
         schedule__end_learning_rate=0.001,
     )
     steps = [0, 10, 20, 70, 120, 150]
@@ -174,7 +189,10 @@ def one_update(config, grads=GRADS, params=PARAMS):
 
 def sgd_config(lr=0.1, **overrides):
     return make_config(
-        optimizer__name="sgd", optimizer__momentum=0.0, schedule__name="constant", schedule__base_learning_rate=lr,
+        optimizer__name="sgd",
+        optimizer__momentum=0.0,
+        schedule__name="constant",
+        schedule__base_learning_rate=lr,
         **overrides,
     )
 
@@ -197,7 +215,9 @@ def test_clipping_at_two():
 def test_weight_decay_sgd_kernels_only(mode):
     # Plain SGD: both modes give -lr * (g + wd * w) on kernels and -lr * g elsewhere.
     up = one_update(sgd_config(optimizer__weight_decay=0.5, optimizer__weight_decay_mode=mode))
-    np.testing.assert_allclose(up["conv"]["kernel"], -0.1 * (np.array([0.3, 0.4]) + 0.5 * np.array([1.0, -2.0])), rtol=1e-6)
+    np.testing.assert_allclose(
+        up["conv"]["kernel"], -0.1 * (np.array([0.3, 0.4]) + 0.5 * np.array([1.0, -2.0])), rtol=1e-6
+    )
     np.testing.assert_allclose(up["conv"]["bias"], [-0.02], rtol=1e-6)
     np.testing.assert_allclose(up["bn"]["scale"], [0.01], rtol=1e-6)
     np.testing.assert_allclose(up["bn"]["bias"], [-0.06], rtol=1e-6)
@@ -232,12 +252,17 @@ def test_l2_decay_is_clipped_with_the_gradient():
 def test_adamw_decoupled_first_step():
     lr, wd = 0.01, 0.1
     config = make_config(
-        optimizer__name="adamw", optimizer__weight_decay=wd, optimizer__weight_decay_mode="decoupled",
-        schedule__name="constant", schedule__base_learning_rate=lr,
+        optimizer__name="adamw",
+        optimizer__weight_decay=wd,
+        optimizer__weight_decay_mode="decoupled",
+        schedule__name="constant",
+        schedule__base_learning_rate=lr,
     )
     up = one_update(config)
     # Adam's first bias-corrected step is g / (|g| + 1e-8) = sign(g).
-    np.testing.assert_allclose(up["conv"]["kernel"], -lr * (np.sign([0.3, 0.4]) + wd * np.array([1.0, -2.0])), rtol=1e-5)
+    np.testing.assert_allclose(
+        up["conv"]["kernel"], -lr * (np.sign([0.3, 0.4]) + wd * np.array([1.0, -2.0])), rtol=1e-5
+    )
     np.testing.assert_allclose(up["bn"]["scale"], [lr], rtol=1e-5)
 
 

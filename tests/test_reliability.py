@@ -43,12 +43,21 @@ def digits_dir(tmp_path_factory):
 
 
 def _small_run_flags(workdir, data_dir, total_steps=4):
-    return [f"--config={DIGITS_CONFIG}", f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
-            f"--config.total_steps={total_steps}", "--config.num_epochs=0.0", "--config.batch_size=16",
-            "--config.eval_batch_size=64", "--config.model.width_multiplier=0.125",
-            "--config.schedule.warmup_epochs=0.0",
-            "--config.log_every_steps=1", "--config.checkpoint_every_steps=1",
-            "--config.eval_every_steps=1000", "--config.progress_bar=False"]
+    return [
+        f"--config={DIGITS_CONFIG}",
+        f"--workdir={workdir}",
+        f"--config.dataset.data_dir={data_dir}",
+        f"--config.total_steps={total_steps}",
+        "--config.num_epochs=0.0",
+        "--config.batch_size=16",
+        "--config.eval_batch_size=64",
+        "--config.model.width_multiplier=0.125",
+        "--config.schedule.warmup_epochs=0.0",
+        "--config.log_every_steps=1",
+        "--config.checkpoint_every_steps=1",
+        "--config.eval_every_steps=1000",
+        "--config.progress_bar=False",
+    ]
 
 
 # --- Bad configs: one line naming the field, the value and the fix; exit status 2 -----------------
@@ -56,8 +65,11 @@ def _small_run_flags(workdir, data_dir, total_steps=4):
 
 def _run_cli(argv, monkeypatch, capsys):
     """Runs the CLI in this process; returns (exit status, stderr)."""
-    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
-                        lambda *a, **k: pytest.fail("the trainer must never start a download"))
+    monkeypatch.setattr(
+        tfds.core.DatasetBuilder,
+        "download_and_prepare",
+        lambda *a, **k: pytest.fail("the trainer must never start a download"),
+    )
     argv = ["inception_jax.trainer.main", *argv]
     monkeypatch.setattr(sys, "argv", argv)  # config_flags reads the --config.* overrides from sys.argv
     main_lib.FLAGS.unparse_flags()
@@ -84,23 +96,57 @@ BAD_CONFIGS = [
     # (case, extra flags or a function of tmp_path returning them, expected message)
     ("unknown model", ["--config.model.name=inception_v33"], r"Did you mean 'inception_v3'"),
     ("unknown field", ["--config.learning_rate=0.1"], r"learning_rate"),
-    ("unknown model option", ["--config.model.dropout=0.1"], r"config.model.dropout .*Did you mean config.model.dropout_rate"),
-    ("input too small", ["--config.input.image_size=8"], r"config.input.image_size=8 is below googlenet's minimum input size 15"),
-    ("batch vs devices", ["--config.batch_size=12"], r"config.batch_size=12 must be a positive multiple of the device count 8; use 8 or 16"),
-    ("batch vs micro-batches", ["--config.grad_accum_steps=4"],
-     r"config.batch_size=16 must be a positive multiple of 32 \(the device count 8 x config.grad_accum_steps=4\); use 32 or 64"),
+    (
+        "unknown model option",
+        ["--config.model.dropout=0.1"],
+        r"config.model.dropout .*Did you mean config.model.dropout_rate",
+    ),
+    (
+        "input too small",
+        ["--config.input.image_size=8"],
+        r"config.input.image_size=8 is below googlenet's minimum input size 15",
+    ),
+    (
+        "batch vs devices",
+        ["--config.batch_size=12"],
+        r"config.batch_size=12 must be a positive multiple of the device count 8; use 8 or 16",
+    ),
+    (
+        "batch vs micro-batches",
+        ["--config.grad_accum_steps=4"],
+        r"config.batch_size=16 must be a positive multiple of 32 "
+        r"\(the device count 8 x config.grad_accum_steps=4\); use 32 or 64",
+    ),
     ("accumulation steps", ["--config.grad_accum_steps=0"], r"config.grad_accum_steps=0 must be a whole number >= 1"),
-    ("zero learning rate", ["--config.schedule.base_learning_rate=0.0"], r"config.schedule.base_learning_rate=0.0 must be positive"),
+    (
+        "zero learning rate",
+        ["--config.schedule.base_learning_rate=0.0"],
+        r"config.schedule.base_learning_rate=0.0 must be positive",
+    ),
     ("negative steps", ["--config.total_steps=-3"], r"config.total_steps"),
-    ("no steps at all", ["--config.total_steps=0"], r"set exactly one of config.total_steps \(0\) and config.num_epochs \(0.0\)"),
-    ("aux weights vs heads", ["--config.model.aux_logits=True", "--config.aux_loss_weights=(0.3,)"],
-     r"config.aux_loss_weights=\(0.3,\) has 1 weight\(s\) but googlenet with these options has 2 aux head\(s\)"),
+    (
+        "no steps at all",
+        ["--config.total_steps=0"],
+        r"set exactly one of config.total_steps \(0\) and config.num_epochs \(0.0\)",
+    ),
+    (
+        "aux weights vs heads",
+        ["--config.model.aux_logits=True", "--config.aux_loss_weights=(0.3,)"],
+        r"config.aux_loss_weights=\(0.3,\) has 1 weight\(s\) but googlenet with these options has 2 aux head\(s\)",
+    ),
     ("missing aux weights", ["--config.model.aux_logits=True"], r"has 0 weight\(s\) .* 2 aux head\(s\)"),
-    ("bad model option value", ["--config.model.padding_mode=same"],
-     r"config.model: googlenet: padding_mode must be 'torch' or 'tf', got 'same'"),
+    (
+        "bad model option value",
+        ["--config.model.padding_mode=same"],
+        r"config.model: googlenet: padding_mode must be 'torch' or 'tf', got 'same'",
+    ),
     ("unknown dataset", ["--config.dataset.name=imagenet2013"], r"imagenet2012"),
     ("unprepared dataset", ["--config.dataset.name=mnist"], r"mnist.*(prepare|download)"),
-    ("bad choice", ["--config.optimizer.name=adam"], r"config.optimizer.name='adam' is not one of 'rmsprop', 'sgd', 'adamw'"),
+    (
+        "bad choice",
+        ["--config.optimizer.name=adam"],
+        r"config.optimizer.name='adam' is not one of 'rmsprop', 'sgd', 'adamw'",
+    ),
     ("workdir not writable", "unwritable", r"--workdir=.* cannot be written"),
     ("resume vs init_from", _conflicting_init_from, r"config.init_from=.* conflicts with the checkpoints already in"),
     ("missing config file", "missing_config", r"nope.py"),
@@ -108,8 +154,9 @@ BAD_CONFIGS = [
 
 
 @pytest.mark.parametrize("case, extra, message", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
-def test_bad_configs_exit_2_with_one_line_naming_the_fix(case, extra, message, tmp_path, digits_dir,
-                                                         monkeypatch, capsys):
+def test_bad_configs_exit_2_with_one_line_naming_the_fix(
+    case, extra, message, tmp_path, digits_dir, monkeypatch, capsys
+):
     workdir = tmp_path / "w"
     argv = _small_run_flags(workdir, digits_dir)
     if extra == "unwritable":
@@ -136,8 +183,14 @@ def test_cli_exit_status_in_a_real_process(tmp_path, digits_dir):
     """The same contract through `inception-train`, absl's app.run included."""
     argv = _small_run_flags(tmp_path / "w", digits_dir) + ["--config.model.name=googlenett"]
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "inception_jax.trainer.main", *argv], capture_output=True, text=True,
-                          cwd=REPO, env=_subprocess_env(tmp_path), timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "inception_jax.trainer.main", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=_subprocess_env(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "error: config.model.name: Unknown model name 'googlenett'. Did you mean 'googlenet'" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -148,8 +201,10 @@ def test_cli_exit_status_in_a_real_process(tmp_path, digits_dir):
 
 
 def _tree(value: float):
-    return {"params": {"w": np.full((64, 32), value, np.float32), "b": np.arange(32, dtype=np.float32) * value},
-            "step": np.asarray(int(value), np.int32)}
+    return {
+        "params": {"w": np.full((64, 32), value, np.float32), "b": np.arange(32, dtype=np.float32) * value},
+        "step": np.asarray(int(value), np.int32),
+    }
 
 
 def _abstract():
@@ -167,8 +222,7 @@ def _three_checkpoints(workdir) -> ckpt_lib.Checkpointer:
 
 
 def _files(step_dir):
-    return sorted((os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs),
-                  key=lambda p: -os.path.getsize(p))
+    return sorted((os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs), key=lambda p: -os.path.getsize(p))
 
 
 def _truncate(path):
@@ -249,8 +303,7 @@ def test_a_failed_write_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path)
     c.save(1, _tree(1.0), {"step": 1})
     c.wait()
     incompressible = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
-    big = {"params": {"w": incompressible, "b": np.zeros(32, np.float32)},
-           "step": np.asarray(2, np.int32)}
+    big = {"params": {"w": incompressible, "b": np.zeros(32, np.float32)}, "step": np.asarray(2, np.int32)}
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
     try:
@@ -291,9 +344,14 @@ def _logged_step(workdir) -> int:
 
 def _start(workdir, data_dir, tmp_path, total_steps):
     argv = _small_run_flags(workdir, data_dir, total_steps) + ["--config.model.width_multiplier=0.0625"]
-    return subprocess.Popen([sys.executable, "-m", "inception_jax.trainer.main", *argv], cwd=REPO,
-                            env=_subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "inception_jax.trainer.main", *argv],
+        cwd=REPO,
+        env=_subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_step(proc, workdir, step, timeout=300):
@@ -373,7 +431,10 @@ def test_resume_rewrites_each_metrics_record_once_and_hides_stale_tensorboard_st
 
     import tensorflow as tf
 
-    events = [e for path in sorted((tmp_path / "tensorboard").iterdir())
-              for e in tf.compat.v1.train.summary_iterator(str(path))]
+    events = [
+        e
+        for path in sorted((tmp_path / "tensorboard").iterdir())
+        for e in tf.compat.v1.train.summary_iterator(str(path))
+    ]
     purges = [e.step for e in events if e.HasField("session_log") and e.session_log.status == 1]  # START
     assert purges == [4]

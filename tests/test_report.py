@@ -22,8 +22,15 @@ def _run(directory, name, overrides, top1s, *, loss=1.0, total=TOTAL, config=Non
     for step in range(5, total + 1, 5):
         records.append({"step": step, "train/loss": loss + (total - step) / 10, "perf/images_per_sec": 100.0 * step})
         if step % 10 == 0:
-            records.append({"step": step, "eval/top1": top1s[step // 10 - 1], "eval/top5": 1.0, "eval/loss": 0.1,
-                            "eval/examples": 297})
+            records.append(
+                {
+                    "step": step,
+                    "eval/top1": top1s[step // 10 - 1],
+                    "eval/top5": 1.0,
+                    "eval/loss": 0.1,
+                    "eval/examples": 297,
+                }
+            )
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = config or {"seed": overrides.get("seed", 0), "total_steps": total, "model": {"name": "googlenet"}}
     (workdir / "config.json").write_text(json.dumps(cfg))
@@ -34,13 +41,32 @@ def _manifest(directory, runs, compare_within=()):
     entries = []
     for i, (overrides, status, extra) in enumerate(runs):
         name = sweep.run_name(overrides)
-        entries.append({"index": i, "name": name, "workdir": name, "overrides": overrides, "status": status,
-                        "exit_code": extra.get("exit_code", 0), "error": extra.get("error"), "wall_time_s": 30.0,
-                        "params": extra.get("params", 1000), "gmacs": extra.get("gmacs", 0.5), "commit": "abc123"})
-    manifest = {"study": "toy", "study_file": str(directory / "toy.py"), "root": str(directory),
-                "base_config": "configs/digits.py", "overrides": {"total_steps": TOTAL}, "flags": {},
-                "command": "inception-sweep toy.py --workdir x", "compare_within": list(compare_within),
-                "runs": entries}
+        entries.append(
+            {
+                "index": i,
+                "name": name,
+                "workdir": name,
+                "overrides": overrides,
+                "status": status,
+                "exit_code": extra.get("exit_code", 0),
+                "error": extra.get("error"),
+                "wall_time_s": 30.0,
+                "params": extra.get("params", 1000),
+                "gmacs": extra.get("gmacs", 0.5),
+                "commit": "abc123",
+            }
+        )
+    manifest = {
+        "study": "toy",
+        "study_file": str(directory / "toy.py"),
+        "root": str(directory),
+        "base_config": "configs/digits.py",
+        "overrides": {"total_steps": TOTAL},
+        "flags": {},
+        "command": "inception-sweep toy.py --workdir x",
+        "compare_within": list(compare_within),
+        "runs": entries,
+    }
     (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
 
 
@@ -55,8 +81,9 @@ def toy_sweep(tmp_path):
             overrides = {"model.variant": setting, "seed": seed}
             _run(tmp_path, sweep.run_name(overrides), overrides, [0.5, final], loss=0.1 * (seed + 1))
             runs.append((overrides, "done", {"gmacs": {"A": 0.5, "B": 0.1, "C": 2.0}[setting]}))
-    runs.append(({"model.variant": "C", "seed": 3}, "failed",
-                 {"exit_code": 1, "error": "error: loss is NaN or Inf at step 3"}))
+    runs.append(
+        ({"model.variant": "C", "seed": 3}, "failed", {"exit_code": 1, "error": "error: loss is NaN or Inf at step 3"})
+    )
     _manifest(tmp_path, runs)
     return tmp_path, values
 
@@ -85,8 +112,10 @@ def test_verdicts_use_welchs_t_test(toy_sweep):
     clear = report.compare(rows[0], rows[1])
     p = stats.ttest_ind(values["B"], values["A"], equal_var=False).pvalue
     assert p < 0.05
-    assert clear.startswith("`model.variant=B` vs `model.variant=A`: eval/top1 61.0 ± 1.0 vs 82.0 ± 2.0 (3 and 3 seeds), "
-                            "a difference of -21.0 points; larger than the seed-to-seed spread")
+    assert clear.startswith(
+        "`model.variant=B` vs `model.variant=A`: eval/top1 61.0 ± 1.0 vs 82.0 ± 2.0 (3 and 3 seeds), "
+        "a difference of -21.0 points; larger than the seed-to-seed spread"
+    )
     assert f"p = {p:.3f}" in clear
     close = report.compare(rows[0], rows[2])
     assert "within the seed-to-seed spread" in close and "cannot tell the two apart" in close
@@ -102,7 +131,7 @@ def test_welch_matches_the_welch_satterthwaite_formula():
     var = lambda x: sum((v - mean(x)) ** 2 for v in x) / (len(x) - 1)
     va, vb = var(a) / len(a), var(b) / len(b)
     t = (mean(a) - mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     assert report.welch(a, b) == pytest.approx((t, df, 2 * stats.t.sf(abs(t), df)))
     assert 2 < df < 5  # between min(n) - 1 and the pooled test's n_a + n_b - 2
 
@@ -114,7 +143,10 @@ def test_report_md_and_valid_pngs(toy_sweep, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     assert report.main([str(directory), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    assert "| `model.variant=A` | 3/3 | 82.0 ± 2.0 | 100.0 ± 0.0 | 0.200 ± 0.100 | 1,000 | 0.5000 | 1500 | 30 | 0 |" in text
+    assert (
+        "| `model.variant=A` | 3/3 | 82.0 ± 2.0 | 100.0 ± 0.0 | 0.200 ± 0.100 | 1,000 | 0.5000 | 1500 | 30 | 0 |"
+        in text
+    )
     assert "| `model.variant=C` | 3/4 |" in text and "- model.variant=C,seed=3: exit 1: error: loss is NaN" in text
     assert "Runs started from commit `abc123`" in text
     # Each setting compared with the first (the settings differ in one key each).
@@ -127,11 +159,13 @@ def test_report_md_and_valid_pngs(toy_sweep, tmp_path_factory):
 
 
 def test_comparisons_stay_within_groups(tmp_path):
-    settings = [{"model.name": "googlenet", "model.aux_logits": False},
-                {"model.name": "googlenet", "model.aux_logits": True, "aux_loss_weights": [0.3, 0.3]},
-                {"model.name": "inception_v3", "model.aux_logits": False},
-                {"model.name": "inception_v3", "model.aux_logits": True, "model.bn_aux": True},
-                {"model.name": "inception_v3", "model.aux_logits": True, "model.bn_aux": False}]
+    settings = [
+        {"model.name": "googlenet", "model.aux_logits": False},
+        {"model.name": "googlenet", "model.aux_logits": True, "aux_loss_weights": [0.3, 0.3]},
+        {"model.name": "inception_v3", "model.aux_logits": False},
+        {"model.name": "inception_v3", "model.aux_logits": True, "model.bn_aux": True},
+        {"model.name": "inception_v3", "model.aux_logits": True, "model.bn_aux": False},
+    ]
     runs = []
     for setting in settings:
         for seed in (0, 1):
@@ -143,11 +177,18 @@ def test_comparisons_stay_within_groups(tmp_path):
     rows = report.rows_of(study)
     pairs = [(a["label"], b["label"]) for a, b in report._pairs(study, rows)]
     assert pairs == [
-        ("model.aux_logits=False,model.name=googlenet",
-         "aux_loss_weights=(0.3, 0.3),model.aux_logits=True,model.name=googlenet"),
-        ("model.aux_logits=False,model.name=inception_v3", "model.aux_logits=True,model.bn_aux=True,model.name=inception_v3"),
-        ("model.aux_logits=True,model.bn_aux=True,model.name=inception_v3",
-         "model.aux_logits=True,model.bn_aux=False,model.name=inception_v3"),
+        (
+            "model.aux_logits=False,model.name=googlenet",
+            "aux_loss_weights=(0.3, 0.3),model.aux_logits=True,model.name=googlenet",
+        ),
+        (
+            "model.aux_logits=False,model.name=inception_v3",
+            "model.aux_logits=True,model.bn_aux=True,model.name=inception_v3",
+        ),
+        (
+            "model.aux_logits=True,model.bn_aux=True,model.name=inception_v3",
+            "model.aux_logits=True,model.bn_aux=False,model.name=inception_v3",
+        ),
     ]
 
 
@@ -160,8 +201,9 @@ def test_plain_workdirs_and_unfinished_runs(tmp_path):
             _run(tmp_path, f"lr{lr}_s{seed}", {"seed": seed}, [0.5, 0.6 + lr], config=config)
     unfinished = tmp_path / "lr0.2_s1"
     records = [json.loads(line) for line in (unfinished / "metrics.jsonl").read_text().splitlines()]
-    (unfinished / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r["step"] <= 10)
-                                              + '{"step": 15, "train/lo')  # killed mid-write
+    (unfinished / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records if r["step"] <= 10) + '{"step": 15, "train/lo'
+    )  # killed mid-write
     rows = report.summarise(str(tmp_path))
     assert [r["label"] for r in rows] == ["schedule.base_learning_rate=0.1", "schedule.base_learning_rate=0.2"]
     assert rows[0]["seeds"] == 2 and rows[0]["top1_mean"] == pytest.approx(0.7)

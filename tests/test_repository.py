@@ -29,7 +29,8 @@ FORBIDDEN = {
     "the out-of-tree notes file": re.compile(re.escape("REFERENCE" + ".md"), re.IGNORECASE),
     "a path into the sibling shared directory": re.compile(re.escape(".." + "/shared")),
     "the out-of-tree environment, style and design notes": re.compile(
-        r"\b(?:" + "ENVIRONMENT|STYLE|DESIGN" + r")\.md\b"),
+        r"\b(?:" + "ENVIRONMENT|STYLE|DESIGN" + r")\.md\b"
+    ),
     "an absolute path under the work root": re.compile(r"(?<![\w.:/-])" + re.escape("/" + "work" + "/")),
 }
 
@@ -48,7 +49,10 @@ def repository_files() -> tuple[pathlib.Path, ...]:
     try:
         out = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT, capture_output=True, check=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     except (OSError, subprocess.SubprocessError) as e:  # no git, or not a checkout (e.g. an sdist)
         pytest.skip(f"git ls-files unavailable: {e}")

@@ -12,25 +12,29 @@ import numpy as np
 import pytest
 
 import inception_jax
+from inception_jax.models import profile, registry, stacking
+from inception_jax.tools.convert import load_variables, save_variables
 from inception_jax.trainer import finetune, validation
 from inception_jax.trainer.config import base_config
-from inception_jax.tools.convert import load_variables, save_variables
-from inception_jax.models import profile, registry, stacking
 
 SCANNED = ["inception_v4", "inception_resnet_v2", "inception_resnet_v1"]
 
 
 def _tiny(name, **options):
     aux = {"aux_logits": True} if name != "inception_resnet_v1" else {}
-    return registry.create_model(name, width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, dropout_rate=0.0,
-                                 **aux, **options)
+    return registry.create_model(
+        name, width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, dropout_rate=0.0, **aux, **options
+    )
 
 
 def test_stacked_names_and_groups():
     assert stacking.stacked_name(["repeat_1_0", "repeat_1_1", "repeat_1_19"]) == "repeat_1_0-19"
     v4 = _tiny("inception_v4")
-    assert v4.block_groups() == [["features_6", "features_7"], ["features_9", "features_10", "features_11"],
-                                 ["features_13", "features_14"]]
+    assert v4.block_groups() == [
+        ["features_6", "features_7"],
+        ["features_9", "features_10", "features_11"],
+        ["features_13", "features_14"],
+    ]
     assert _tiny("inception_resnet_v2").block_groups()[1] == ["repeat_1_0", "repeat_1_1", "repeat_1_2"]
 
 
@@ -75,9 +79,11 @@ def test_scanned_stages_compute_the_unrolled_function_in_float64(name):
 
         def forward(model, variables):
             def loss(params):
-                (logits, out), updated = model.apply({**variables, "params": params}, x, train=True,
-                                                     mutable=["batch_stats"])
-                return jnp.sum(logits ** 2) + sum(jnp.sum(a ** 2) for a in out["aux_logits"]), (logits, out, updated)
+                (logits, out), updated = model.apply(
+                    {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+                )
+                return jnp.sum(logits**2) + sum(jnp.sum(a**2) for a in out["aux_logits"]), (logits, out, updated)
+
             if name == "inception_resnet_v1":
                 return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
             return jax.jit(loss)(variables["params"]), None
@@ -109,15 +115,22 @@ def test_weight_files_load_into_either_layout(tmp_path):
     x = jnp.zeros((1, 75, 75, 3))
     variables = jax.jit(model.init)(jax.random.key(0), x)
     path = tmp_path / "irv2.msgpack"
-    save_variables(path, variables, model="inception_resnet_v2",
-                   options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, aux_logits=True))
+    save_variables(
+        path,
+        variables,
+        model="inception_resnet_v2",
+        options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, aux_logits=True),
+    )
     loaded_model, loaded = load_variables(path)
     assert not loaded_model.scan_blocks and "repeat_1_2" in loaded["params"]
     # A file written by a scanned model is read back stacked, and converts to the unrolled layout.
     scanned = model.clone(scan_blocks=True)
-    save_variables(tmp_path / "scanned.msgpack", stacking.to_layout(variables, scanned), model="inception_resnet_v2",
-                   options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, aux_logits=True,
-                                scan_blocks=True))
+    save_variables(
+        tmp_path / "scanned.msgpack",
+        stacking.to_layout(variables, scanned),
+        model="inception_resnet_v2",
+        options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7, aux_logits=True, scan_blocks=True),
+    )
     scanned_model, stacked = load_variables(tmp_path / "scanned.msgpack")
     assert scanned_model.scan_blocks and stacked["params"]["repeat_1_0-2"]["block"]["conv2d"]["kernel"].shape[0] == 3
     jax.tree.map(np.testing.assert_array_equal, stacking.to_layout(stacked, model), jax.tree.map(np.asarray, variables))
@@ -135,16 +148,23 @@ def test_the_trainer_loads_init_from_weights_of_the_other_layout(tmp_path):
     config = validation.validated(c)
     unrolled = registry.create_model("inception_resnet_v1", width_multiplier=0.25, depths=(2, 3, 2), num_classes=7)
     weights = jax.jit(unrolled.init)(jax.random.key(3), jnp.zeros((1, 75, 75, 3)))
-    save_variables(c.init_from, weights, model="inception_resnet_v1",
-                   options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7))
+    save_variables(
+        c.init_from,
+        weights,
+        model="inception_resnet_v1",
+        options=dict(width_multiplier=0.25, depths=(2, 3, 2), num_classes=7),
+    )
     model = train.build_model(config, 7)
     tx, _ = optim.make_optimizer(config, 10, 10)
     state = jax.eval_shape(lambda k: train.init_state(model, tx, config, 75, k), jax.random.key(0))
     state = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), state)
     mesh = parallel.make_mesh()
     state = train._load_init_from(config, model, state, parallel.replicated(mesh))
-    jax.tree.map(np.testing.assert_array_equal, stacking.to_layout(jax.device_get(
-        {"params": state.params, "batch_stats": state.batch_stats}), unrolled), jax.tree.map(np.asarray, weights))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        stacking.to_layout(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}), unrolled),
+        jax.tree.map(np.asarray, weights),
+    )
 
 
 def test_resuming_in_the_other_layout_and_fine_tuning_part_of_a_stage_are_refused(tmp_path):
@@ -154,8 +174,11 @@ def test_resuming_in_the_other_layout_and_fine_tuning_part_of_a_stage_are_refuse
     c = base_config()
     c.model.name = "inception_v4"
     c.model.scan_blocks = True
-    with pytest.raises(validation.ConfigError, match="written with scan_blocks=False; resume with "
-                                                     r"--config.model.scan_blocks=False, or .*init_from"):
+    with pytest.raises(
+        validation.ConfigError,
+        match="written with scan_blocks=False; resume with "
+        r"--config.model.scan_blocks=False, or .*init_from",
+    ):
         validation.check_resume(c, os.fspath(workdir))
     c.model.scan_blocks = False
     validation.check_resume(c, os.fspath(workdir))

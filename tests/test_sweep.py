@@ -33,9 +33,18 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
 TOTAL_STEPS = 12  # each step also writes a checkpoint, so Ctrl-C lands mid-run
 # The runs of tests/test_reliability.py's interruption test (same program: the compile cache is shared).
-SMALL_RUN = {"num_epochs": 0.0, "total_steps": TOTAL_STEPS, "batch_size": 16, "eval_batch_size": 64,
-             "model.width_multiplier": 0.0625, "schedule.warmup_epochs": 0.0, "log_every_steps": 1,
-             "checkpoint_every_steps": 1, "eval_every_steps": 1000, "progress_bar": False}
+SMALL_RUN = {
+    "num_epochs": 0.0,
+    "total_steps": TOTAL_STEPS,
+    "batch_size": 16,
+    "eval_batch_size": 64,
+    "model.width_multiplier": 0.0625,
+    "schedule.warmup_epochs": 0.0,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 1,
+    "eval_every_steps": 1000,
+    "progress_bar": False,
+}
 SPLITS = ("train", "train[:50%]")
 
 
@@ -44,12 +53,12 @@ def write_study(path, body: str, overrides: dict = SMALL_RUN) -> str:
     return str(path)
 
 
-TWO_BY_TWO = """
+TWO_BY_TWO = f"""
 def sweep():
-    for split in {splits!r}:
+    for split in {SPLITS!r}:
         for seed in (0, 1):
             yield {{"dataset.train_split": split, "seed": seed}}
-""".format(splits=SPLITS)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +99,34 @@ def test_names_are_readable_deterministic_and_unique():
     assert sweep.run_name({"model.naive": True, "seed": 0}) == "model.naive=True,seed=0"
     assert sweep.run_name({"seed": 0, "model.naive": True}) == "model.naive=True,seed=0"  # order-free
     assert sweep.run_name({"model.depths": (1, 1, 1), "lr": 0.1}) == "lr=0.1,model.depths=1_1_1"
-    assert sweep.run_name({"model.inception_a_5x5": "3x3x2", "aux_loss_weights": (0.4,)}) == \
-        "aux_loss_weights=0.4_,model.inception_a_5x5=3x3x2"
+    assert (
+        sweep.run_name({"model.inception_a_5x5": "3x3x2", "aux_loss_weights": (0.4,)})
+        == "aux_loss_weights=0.4_,model.inception_a_5x5=3x3x2"
+    )
     assert sweep.run_name({}) == "base"
     sliced = sweep.run_name({"dataset.train_split": "train[:10%]", "seed": 1})
     assert re.fullmatch(r"dataset\.train_split=train_10,seed=1-[0-9a-f]{8}", sliced)
     # Values the name cannot spell exactly get a hash, so different overrides never share a directory.
-    lookalikes = [{"x": 1}, {"x": "1"}, {"x": 1.0}, {"x": (1.0,)}, {"x": "1.0_"}, {"x": "train[:10]"},
-                  {"x": "train[:10%]"}, {"x": True}, {"x": "True"}, {"x": (1, 1)}, {"x": "1_1"}, {"x": [1, 1]},
-                  {"x": None}, {"x": "None"}, {"x": ()}, {"x": "_"}, {"x": 1e-05}, {"x": "1e-05"}]
+    lookalikes = [
+        {"x": 1},
+        {"x": "1"},
+        {"x": 1.0},
+        {"x": (1.0,)},
+        {"x": "1.0_"},
+        {"x": "train[:10]"},
+        {"x": "train[:10%]"},
+        {"x": True},
+        {"x": "True"},
+        {"x": (1, 1)},
+        {"x": "1_1"},
+        {"x": [1, 1]},
+        {"x": None},
+        {"x": "None"},
+        {"x": ()},
+        {"x": "_"},
+        {"x": 1e-05},
+        {"x": "1e-05"},
+    ]
     names = [sweep.run_name(o) for o in lookalikes]
     assert len(set(names)) == len(names), names
     assert names == [sweep.run_name(o) for o in lookalikes]
@@ -108,9 +136,15 @@ def test_names_are_readable_deterministic_and_unique():
 
 
 def test_overrides_become_flags_the_trainer_parses_back():
-    values = {"model.naive": True, "model.depths": (1, 1, 1), "aux_loss_weights": (0.3,),
-              "dataset.train_split": "train[:10%]", "label_smoothing": 0.1, "total_steps": 7,
-              "model.inception_a_5x5": "3x3x2"}
+    values = {
+        "model.naive": True,
+        "model.depths": (1, 1, 1),
+        "aux_loss_weights": (0.3,),
+        "dataset.train_split": "train[:10%]",
+        "label_smoothing": 0.1,
+        "total_steps": 7,
+        "model.inception_a_5x5": "3x3x2",
+    }
     flags = [f"--config={DIGITS_CONFIG}"] + [f"--config.{k}={sweep.flag_value(v)}" for k, v in values.items()]
     config = sweep.parse_config(flags, REPO)
     for key, value in values.items():
@@ -121,7 +155,9 @@ def test_overrides_become_flags_the_trainer_parses_back():
 
 
 def test_named_sweeps_multiply_and_clashes_are_refused(tmp_path):
-    path = write_study(tmp_path / "s.py", """
+    path = write_study(
+        tmp_path / "s.py",
+        """
 def sweep_lr():
     yield {"schedule.base_learning_rate": 0.1}
     yield {"schedule.base_learning_rate": 0.2}
@@ -130,7 +166,8 @@ def sweep_seeds():
         yield {"seed": s}
 def sweep_again():
     yield {"seed": 9}
-""")
+""",
+    )
     study = sweep.load_study(path)
     runs = sweep.expand(study, ["lr", "seeds"])
     assert len(runs) == 6 and runs[0] == {"schedule.base_learning_rate": 0.1, "seed": 0}
@@ -142,19 +179,28 @@ def sweep_again():
         sweep.expand(study, ["nope"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"optimizer.nme": "sgd"}, r"config\.optimizer\.nme\. Did you mean config\.optimizer\.name\?"),
-    ({"model.naiv": True}, r"config\.model\.naiv is not an option of 'googlenet'\. Did you mean config\.model\.naive\?"),
-    ({"optimzer.name": "sgd"}, r"optimzer.*Did you mean \"optimizer\""),
-    ({"total_steps": 1.5}, r"config\.total_steps=1\.5"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"optimizer.nme": "sgd"}, r"config\.optimizer\.nme\. Did you mean config\.optimizer\.name\?"),
+        (
+            {"model.naiv": True},
+            r"config\.model\.naiv is not an option of 'googlenet'\. Did you mean config\.model\.naive\?",
+        ),
+        ({"optimzer.name": "sgd"}, r"optimzer.*Did you mean \"optimizer\""),
+        ({"total_steps": 1.5}, r"config\.total_steps=1\.5"),
+    ],
+)
 def test_an_unknown_key_fails_before_anything_trains(override, message, tmp_path, digits_dir, monkeypatch, capsys):
     monkeypatch.setattr(sweep_local, "_start", lambda *a, **k: pytest.fail("nothing may start"))
-    study = write_study(tmp_path / "bad.py", f"""
+    study = write_study(
+        tmp_path / "bad.py",
+        f"""
 def sweep():
     yield {{"seed": 0}}
     yield {{**{override!r}, "seed": 1}}
-""")
+""",
+    )
     code, _ = _main([study, "--workdir", tmp_path / "runs", f"--config.dataset.data_dir={digits_dir}"])
     err = capsys.readouterr().err
     assert code == 2
@@ -188,9 +234,10 @@ def test_dry_run_prints_every_run_and_its_command_and_writes_nothing(tmp_path, d
 
 
 def _parse_sbatch(text: str) -> tuple[dict, dict]:
-    options = dict(line[len("#SBATCH --"):].split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --"))
-    arms = {int(m.group(1)): shlex.split(m.group(2))
-            for m in re.finditer(r"^  (\d+)\) ARGS=\((.*)\) ;;", text, re.M)}
+    options = dict(
+        line[len("#SBATCH --") :].split("=", 1) for line in text.splitlines() if line.startswith("#SBATCH --")
+    )
+    arms = {int(m.group(1)): shlex.split(m.group(2)) for m in re.finditer(r"^  (\d+)\) ARGS=\((.*)\) ;;", text, re.M)}
     return options, arms
 
 
@@ -200,9 +247,21 @@ def test_slurm_writes_a_job_array_over_the_manifest(tmp_path, digits_dir):
     first = sweep.run_name({"dataset.train_split": "train", "seed": 0})
     (sweep_dir / first).mkdir(parents=True)  # finished elsewhere: the array leaves it out
     rundir.write_status(str(sweep_dir / first), rundir.FINISHED, step=TOTAL_STEPS, total_steps=TOTAL_STEPS)
-    code, out = _main([study, "--workdir", sweep_dir, "--slurm", "--partition=gpu", "--time=01:30:00", "--gpus=4",
-                       "--nodes=2", "--max-concurrent=2", "--sbatch-option=--account=abc",
-                       f"--config.dataset.data_dir={digits_dir}"])
+    code, out = _main(
+        [
+            study,
+            "--workdir",
+            sweep_dir,
+            "--slurm",
+            "--partition=gpu",
+            "--time=01:30:00",
+            "--gpus=4",
+            "--nodes=2",
+            "--max-concurrent=2",
+            "--sbatch-option=--account=abc",
+            f"--config.dataset.data_dir={digits_dir}",
+        ]
+    )
     assert code == 0, out
     text = (sweep_dir / sweep.SBATCH).read_text()
     options, arms = _parse_sbatch(text)
@@ -267,8 +326,14 @@ def real_sweep(tmp_path_factory, digits_dir):
     facts = {"names": names, "dir": sweep_dir}
 
     # 1. One run at a time; Ctrl-C once the first run has trained a few steps.
-    proc = subprocess.Popen([sys.executable, "-m", "inception_jax.tools.sweep", *argv], cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inception_jax.tools.sweep", *argv],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     first = sweep_dir / names[0]
     t0 = time.monotonic()
     while not (first / "metrics.jsonl").exists() or len(_train_steps(first)) < 3:

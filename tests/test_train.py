@@ -28,9 +28,15 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
 # tests first), so the xdist workers finish together. The digits tests (resume, NaN, init_from) are
 # defined before the config test and so run before it, on the same worker: they share one compiled
 # program, which the first of them compiles.
-VARIANT_CONFIGS = [("inception_v3", "inception_v3"), ("inception_v3", "inception_v2"), ("inception_v4", "inception_v4"),
-                   ("inception_v4", "inception_resnet_v2"), ("bn_inception", "bn_inception"),
-                   ("googlenet", "googlenet"), ("inception_v4", "inception_resnet_v1")]
+VARIANT_CONFIGS = [
+    ("inception_v3", "inception_v3"),
+    ("inception_v3", "inception_v2"),
+    ("inception_v4", "inception_v4"),
+    ("inception_v4", "inception_resnet_v2"),
+    ("bn_inception", "bn_inception"),
+    ("googlenet", "googlenet"),
+    ("inception_v4", "inception_resnet_v1"),
+]
 
 
 def load_config(name: str, arg: str | None = None):
@@ -115,6 +121,7 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
 
 
 # --- BatchNorm statistics: global batch vs per device, against numpy -----------------------------
+
 
 class _OneBN(nn.Module):
     in_channels: int = 3
@@ -273,6 +280,7 @@ def test_checkpoint_restores_onto_another_device_count(tmp_path):
 
 # --- Gradient accumulation, per-device vs global updates, EMA of BatchNorm statistics --------------
 
+
 class _NoBN(nn.Module):
     """A conv + dense classifier without BatchNorm: accumulated and whole-batch gradients must agree."""
 
@@ -314,8 +322,10 @@ def _steps(model, config, batches, size, num_classes, n_steps=2):
 def test_gradient_accumulation_equals_one_big_batch(mode):
     """4 micro-batches of 8 (one per device each) give the update of one batch of 32, to float rounding."""
     rng = np.random.default_rng(0)
-    batches = [{"image": rng.normal(size=(32, 6, 6, 3)).astype(np.float32),
-                "label": rng.integers(0, 3, 32).astype(np.int32)} for _ in range(2)]
+    batches = [
+        {"image": rng.normal(size=(32, 6, 6, 3)).astype(np.float32), "label": rng.integers(0, 3, 32).astype(np.int32)}
+        for _ in range(2)
+    ]
     whole, m_whole = _steps(_NoBN(), _optimizer_config(mode), batches, 6, 3)
     accumulated, m_acc = _steps(_NoBN(), _optimizer_config(mode, grad_accum_steps=4), batches, 6, 3)
     for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(accumulated.params), strict=True):
@@ -350,8 +360,9 @@ def test_gradient_accumulation_normalises_each_micro_batch_by_its_own_statistics
     """With BatchNorm, the running mean after one step is that of 2 sequential micro-batch updates."""
     x = np.random.default_rng(1).normal(size=(16, 4, 4, 3)).astype(np.float32)
     labels = (np.arange(16) % 2).astype(np.int32)
-    state, _ = _steps(_OneBN(), _optimizer_config("global", grad_accum_steps=2), [{"image": x, "label": labels}],
-                      4, 2, n_steps=1)
+    state, _ = _steps(
+        _OneBN(), _optimizer_config("global", grad_accum_steps=2), [{"image": x, "label": labels}], 4, 2, n_steps=1
+    )
     micro = [x.reshape(8, 2, 4, 4, 3)[:, i] for i in range(2)]  # rows i, i + 2, ...: micro-batch i
     mean = np.zeros(3)
     for mb in micro:
@@ -370,8 +381,11 @@ def test_per_device_and_global_batchnorm_give_the_same_update_when_statistics_ag
         batches.append({"image": np.tile(two, (n_dev, 1, 1, 1)), "label": np.tile([0, 1], n_dev).astype(np.int32)})
     results = {mode: _steps(_OneBN(), _optimizer_config(mode), batches, 4, 2) for mode in ("global", "per_device")}
     (g, mg), (p, mp) = results["global"], results["per_device"]
-    for a, b in zip(jax.tree.leaves((g.params, g.batch_stats, g.opt_state)),
-                    jax.tree.leaves((p.params, p.batch_stats, p.opt_state)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves((g.params, g.batch_stats, g.opt_state)),
+        jax.tree.leaves((p.params, p.batch_stats, p.opt_state)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     initial, _ = _steps(_OneBN(), _optimizer_config("global"), batches, 4, 2, n_steps=0)
     assert np.abs(g.params["fc"]["kernel"] - initial.params["fc"]["kernel"]).max() > 1e-3  # it did move
@@ -394,8 +408,9 @@ def test_ema_averages_batchnorm_statistics_as_hand_computed():
     ema_mean, ema_var = mean.copy(), var.copy()
     for n in range(3):
         x = (rng.normal(size=(16, 4, 4, 3)) * (n + 1) + n).astype(np.float32)
-        state, _ = step(state, parallel.global_batch({"image": x, "label": np.zeros(16, np.int32)}, mesh),
-                        jax.random.key(1))
+        state, _ = step(
+            state, parallel.global_batch({"image": x, "label": np.zeros(16, np.int32)}, mesh), jax.random.key(1)
+        )
         mean = 0.9 * mean + 0.1 * x.mean(axis=(0, 1, 2))
         var = 0.9 * var + 0.1 * x.var(axis=(0, 1, 2))
         d = min(0.5, (1 + n) / (10 + n))
@@ -428,9 +443,14 @@ def test_checkpoints_from_before_the_bn_ema_still_restore(tmp_path):
     model, tx, mesh = _OneBN(), optax.sgd(0.1), parallel.make_mesh()
     new = train.init_state(model, tx, config, 4, jax.random.key(0))
     stats = {"bn": {"mean": np.full(3, 0.25, np.float32), "var": np.full(3, 2.0, np.float32)}}
-    old = OldTrainState(step=np.int32(7), params=jax.device_get(new.params), batch_stats=stats,
-                        opt_state=jax.device_get(new.opt_state), ema_params=jax.device_get(new.ema_params),
-                        nonfinite_skips=np.int32(0))
+    old = OldTrainState(
+        step=np.int32(7),
+        params=jax.device_get(new.params),
+        batch_stats=stats,
+        opt_state=jax.device_get(new.opt_state),
+        ema_params=jax.device_get(new.ema_params),
+        nonfinite_skips=np.int32(0),
+    )
     saver = ckpt_lib.Checkpointer(str(tmp_path))
     saver.save(7, old, {"step": 7})
     saver.close()
@@ -451,14 +471,18 @@ def test_sharded_state_round_trips_through_a_checkpoint(tmp_path):
 
     eight = parallel.make_mesh()
     value = np.arange(64 * 3, dtype=np.float32).reshape(64, 3)
-    tree = {"sharded": jax.device_put(value, parallel.data_sharding(eight)),
-            "replicated": jax.device_put(np.float32(5.0), parallel.replicated(eight))}
+    tree = {
+        "sharded": jax.device_put(value, parallel.data_sharding(eight)),
+        "replicated": jax.device_put(np.float32(5.0), parallel.replicated(eight)),
+    }
     saver = ckpt_lib.Checkpointer(str(tmp_path))
     saver.save(1, tree, {"step": 1})
     saver.close()
     two = parallel.make_mesh(jax.devices()[:2])
-    target = {"sharded": jax.ShapeDtypeStruct((64, 3), np.float32, sharding=parallel.data_sharding(two)),
-              "replicated": jax.ShapeDtypeStruct((), np.float32, sharding=parallel.replicated(two))}
+    target = {
+        "sharded": jax.ShapeDtypeStruct((64, 3), np.float32, sharding=parallel.data_sharding(two)),
+        "replicated": jax.ShapeDtypeStruct((), np.float32, sharding=parallel.replicated(two)),
+    }
     _, restored, _ = ckpt_lib.Checkpointer(str(tmp_path)).restore_latest(target)
     np.testing.assert_array_equal(np.asarray(restored["sharded"]), value)
     assert restored["sharded"].sharding.mesh.devices.size == 2 and float(restored["replicated"]) == 5.0

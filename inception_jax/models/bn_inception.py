@@ -35,7 +35,8 @@ and Mixed_5a), for the BN paper's 5x5-vs-double-3x3 comparison.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -60,8 +61,18 @@ _REDUCTION_CFG = {
     "Mixed_4a": ((128, 160), (64, 96)),
     "Mixed_5a": ((128, 192), (192, 256)),
 }
-_ORDER = ("Mixed_3b", "Mixed_3c", "Mixed_4a", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
-          "Mixed_5a", "Mixed_5b", "Mixed_5c")
+_ORDER = (
+    "Mixed_3b",
+    "Mixed_3c",
+    "Mixed_4a",
+    "Mixed_4b",
+    "Mixed_4c",
+    "Mixed_4d",
+    "Mixed_4e",
+    "Mixed_5a",
+    "Mixed_5b",
+    "Mixed_5c",
+)
 _STEM_DEPTH_MULTIPLIER = 8  # cap on the stem's depthwise channel multiplier: slim's min(int(depth(64) / 3), 8)
 # With 'SAME' (or k // 2) padding every op maps n -> ceil(n / stride) >= 1, so any size runs.
 _MIN_INPUT_SIZE = 1
@@ -112,16 +123,20 @@ class InceptionModule(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode,
-                                   count_include_pad=self.count_include_pad)
+        branch = functools.partial(
+            Branch, conv=self.conv, padding_mode=self.padding_mode, count_include_pad=self.count_include_pad
+        )
         (red3, ch3), (red5, ch5) = self.ch3x3, self.double3x3
-        return layers.concat([
-            branch((("Conv2d_0a_1x1", self.ch1x1, 1, 1),), name="Branch_0")(x, train),
-            branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_0b_3x3", ch3, 3, 1)), name="Branch_1")(x, train),
-            branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 1, self.factorize_5x5)),
-                   name="Branch_2")(x, train),
-            branch((("Conv2d_0b_1x1", self.pool_proj, 1, 1),), pool=self.pool, name="Branch_3")(x, train),
-        ])
+        return layers.concat(
+            [
+                branch((("Conv2d_0a_1x1", self.ch1x1, 1, 1),), name="Branch_0")(x, train),
+                branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_0b_3x3", ch3, 3, 1)), name="Branch_1")(x, train),
+                branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 1, self.factorize_5x5)), name="Branch_2")(
+                    x, train
+                ),
+                branch((("Conv2d_0b_1x1", self.pool_proj, 1, 1),), pool=self.pool, name="Branch_3")(x, train),
+            ]
+        )
 
 
 class ReductionModule(nn.Module):
@@ -137,12 +152,15 @@ class ReductionModule(nn.Module):
     def __call__(self, x, train: bool = False):
         branch = functools.partial(Branch, conv=self.conv, padding_mode=self.padding_mode)
         (red3, ch3), (red5, ch5) = self.ch3x3, self.double3x3
-        return layers.concat([
-            branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_1a_3x3", ch3, 3, 2)), name="Branch_0")(x, train),
-            branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 2, self.factorize_5x5)),
-                   name="Branch_1")(x, train),
-            layers.max_pool(x, 3, 2, 1, padding_mode=self.padding_mode),  # Branch_2/MaxPool_1a_3x3
-        ])
+        return layers.concat(
+            [
+                branch((("Conv2d_0a_1x1", red3, 1, 1), ("Conv2d_1a_3x3", ch3, 3, 2)), name="Branch_0")(x, train),
+                branch((("Conv2d_0a_1x1", red5, 1, 1), *_double_3x3(ch5, 2, self.factorize_5x5)), name="Branch_1")(
+                    x, train
+                ),
+                layers.max_pool(x, 3, 2, 1, padding_mode=self.padding_mode),  # Branch_2/MaxPool_1a_3x3
+            ]
+        )
 
 
 class SeparableConvBN(nn.Module):
@@ -191,8 +209,9 @@ class Logits(nn.Module):
         pre_logits = layers.global_avg_pool(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
         if self.num_classes:
-            x = layers.classifier(x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  name="Conv2d_1c_1x1")
+            x = layers.classifier(
+                x, self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="Conv2d_1c_1x1"
+            )
         return x, pre_logits
 
 
@@ -242,8 +261,12 @@ class BNInception(nn.Module):
 
         # slim: depthwise_multiplier = min(int(depth(64) / 3), 8), so that 3 * m <= the pointwise width.
         multiplier = min(layers.scaled_depth(64, self.width_multiplier) // 3, _STEM_DEPTH_MULTIPLIER)
-        x = stage(SeparableConvBN(64, 7, 2, multiplier, conv, pm, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  name="Conv2d_1a_7x7"), x)
+        x = stage(
+            SeparableConvBN(
+                64, 7, 2, multiplier, conv, pm, dtype=self.dtype, param_dtype=self.param_dtype, name="Conv2d_1a_7x7"
+            ),
+            x,
+        )
         x = layers.max_pool(x, 3, 2, 1, padding_mode=pm)  # MaxPool_2a_3x3
         x = stage(conv(64, 1, name="Conv2d_2b_1x1"), x)
         x = stage(conv(192, 3, padding=1, name="Conv2d_2c_3x3"), x)
@@ -251,24 +274,37 @@ class BNInception(nn.Module):
 
         for name in _ORDER:
             if name in _REDUCTION_CFG:
-                block = layers.remat_if(ReductionModule, self.remat)(*_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5,
-                                        padding_mode=pm, name=name)
+                block = layers.remat_if(ReductionModule, self.remat)(
+                    *_REDUCTION_CFG[name], conv=conv, factorize_5x5=self.factorize_5x5, padding_mode=pm, name=name
+                )
             else:
-                block = layers.remat_if(InceptionModule, self.remat)(*INCEPTION_BLOCKS[name], conv=conv, factorize_5x5=self.factorize_5x5,
-                                        padding_mode=pm, count_include_pad=self.avg_pool_count_include_pad,
-                                        name=name)
+                block = layers.remat_if(InceptionModule, self.remat)(
+                    *INCEPTION_BLOCKS[name],
+                    conv=conv,
+                    factorize_5x5=self.factorize_5x5,
+                    padding_mode=pm,
+                    count_include_pad=self.avg_pool_count_include_pad,
+                    name=name,
+                )
             x = stage(block, x)
 
-        logits, out["pre_logits"] = Logits(self.num_classes, self.dropout_rate, dtype=self.dtype,
-                                           param_dtype=self.param_dtype, name="Logits")(x, train)
+        logits, out["pre_logits"] = Logits(
+            self.num_classes, self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype, name="Logits"
+        )(x, train)
         out["aux_logits"] = ()
         return logits, out
 
 
 @register_model(
     "bn_inception",
-    data=DataConfig(input_size=224, min_input_size=_MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bilinear",
-                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    data=DataConfig(
+        input_size=224,
+        min_input_size=_MIN_INPUT_SIZE,
+        crop_pct=0.875,
+        interpolation="bilinear",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    ),
     description="BN-Inception (TF-slim inception_v2): separable 7x7 stem, double-3x3 modules, 'SAME' padding",
 )
 def bn_inception(**overrides) -> BNInception:

@@ -117,8 +117,9 @@ class InceptionAux(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        dense = functools.partial(nn.Dense, kernel_init=layers.dense_init, dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
+        dense = functools.partial(
+            nn.Dense, kernel_init=layers.dense_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         x = layers.adaptive_avg_pool(x, 4)
         x = self.conv(128, 1, name="conv")(x, train)
         x = x.reshape(x.shape[0], -1)
@@ -205,11 +206,26 @@ class GoogLeNet(nn.Module):
 
         aux = []
         for name, widths in INCEPTION_BLOCKS.items():
-            x = stage(layers.remat_if(Inception, self.remat)(*widths, conv=conv, branch3_kernel=self.branch3_kernel, naive=self.naive,
-                                padding_mode=self.padding_mode, name=name), x)
+            x = stage(
+                layers.remat_if(Inception, self.remat)(
+                    *widths,
+                    conv=conv,
+                    branch3_kernel=self.branch3_kernel,
+                    naive=self.naive,
+                    padding_mode=self.padding_mode,
+                    name=name,
+                ),
+                x,
+            )
             if name in _AUX_AFTER and self.num_aux_heads and (train or self.is_initializing()):
-                head = InceptionAux(self.num_classes, conv, self.aux_dropout_rate, dtype=self.dtype,
-                                    param_dtype=self.param_dtype, name=f"aux{_AUX_AFTER.index(name) + 1}")
+                head = InceptionAux(
+                    self.num_classes,
+                    conv,
+                    self.aux_dropout_rate,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=f"aux{_AUX_AFTER.index(name) + 1}",
+                )
                 aux.append(head(x, train))
             if name in _POOL_AFTER:
                 x = max_pool(x, _POOL_AFTER[name], 2)
@@ -241,8 +257,14 @@ def torchvision_fixup(state: dict) -> dict:
 
 @register_model(
     "googlenet",
-    data=DataConfig(input_size=224, min_input_size=_MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bilinear",
-                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    data=DataConfig(
+        input_size=224,
+        min_input_size=_MIN_INPUT_SIZE,
+        crop_pct=0.875,
+        interpolation="bilinear",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    ),
     description="GoogLeNet / Inception-v1 (torchvision googlenet, the TF-slim inception_v1 port)",
     torch_reference="torchvision googlenet",
     torch_fixup=torchvision_fixup,

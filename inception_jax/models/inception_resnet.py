@@ -48,7 +48,8 @@ Options beyond the family's common ones:
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -77,8 +78,15 @@ def residual(module: nn.Module, x, branches: Sequence, scale: float, relu: bool 
     timm); it is created in the calling block's scope, as timm's `Block35.conv2d`.
     """
     mixed = layers.concat(branches)
-    up = layers.Conv(x.shape[-1], (1, 1), use_bias=True, kernel_init=layers.conv_init, dtype=module.dtype,
-                     param_dtype=module.param_dtype, name="conv2d")(mixed)
+    up = layers.Conv(
+        x.shape[-1],
+        (1, 1),
+        use_bias=True,
+        kernel_init=layers.conv_init,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        name="conv2d",
+    )(mixed)
     x = up * scale + x
     return nn.relu(x) if relu else x
 
@@ -127,8 +135,17 @@ class Block17(nn.Module):
         conv, w = self.conv, self.widths
         b0 = conv(w[0], 1, name="branch0")(x, train)
         b1 = conv(w[1], 1, name="branch1_0")(x, train)
-        b1 = nxn_pair(conv, b1, train, n=7, mid=w[2], out=w[3], names=("branch1_1", "branch1_2"),
-                      row_first=True, factorize=self.factorize)
+        b1 = nxn_pair(
+            conv,
+            b1,
+            train,
+            n=7,
+            mid=w[2],
+            out=w[3],
+            names=("branch1_1", "branch1_2"),
+            row_first=True,
+            factorize=self.factorize,
+        )
         return residual(self, x, [b0, b1], self.scale)
 
 
@@ -152,8 +169,17 @@ class Block8(nn.Module):
         conv, w = self.conv, self.widths
         b0 = conv(w[0], 1, name="branch0")(x, train)
         b1 = conv(w[1], 1, name="branch1_0")(x, train)
-        b1 = nxn_pair(conv, b1, train, n=3, mid=w[2], out=w[3], names=("branch1_1", "branch1_2"),
-                      row_first=True, factorize=self.factorize)
+        b1 = nxn_pair(
+            conv,
+            b1,
+            train,
+            n=3,
+            mid=w[2],
+            out=w[3],
+            names=("branch1_1", "branch1_2"),
+            row_first=True,
+            factorize=self.factorize,
+        )
         return residual(self, x, [b0, b1], self.scale, self.relu)
 
 
@@ -240,8 +266,9 @@ class _InceptionResNet(nn.Module):
         layers.check_common_options(self, model)
         layers.check_depths(self.depths, model, "35x35, 17x17 and 8x8 residual blocks")
         if len(self.residual_scales) != 3:
-            raise ValueError(f"{model}: residual_scales takes 3 floats (35x35, 17x17, 8x8 blocks), "
-                             f"got {self.residual_scales!r}")
+            raise ValueError(
+                f"{model}: residual_scales takes 3 floats (35x35, 17x17, 8x8 blocks), got {self.residual_scales!r}"
+            )
         layers.check_input(x, model=model, min_size=MIN_INPUT_SIZE, in_channels=self.in_channels)
 
     def _stem(self, conv, x, train, endpoint):
@@ -258,8 +285,11 @@ class _InceptionResNet(nn.Module):
         """The names of the 35x35, 17x17 and 8x8 residual blocks (`stacking`: scanned as one module each);
         IR-v2's final `block8`, without ReLU, is not one of them."""
         n35, n17, n8 = self.depths
-        return [stacking.block_names("repeat_", 0, n35), stacking.block_names("repeat_1_", 0, n17),
-                stacking.block_names("repeat_2_", 0, n8)]
+        return [
+            stacking.block_names("repeat_", 0, n35),
+            stacking.block_names("repeat_1_", 0, n17),
+            stacking.block_names("repeat_2_", 0, n8),
+        ]
 
     def _repeat(self, block, names, x, train):
         return stacking.run_blocks(block, names, x, train, scan=self.scan_blocks)
@@ -368,8 +398,9 @@ class InceptionResNetV1(_InceptionResNet):
         return logits, out
 
 
-_DATA = dict(input_size=299, min_input_size=MIN_INPUT_SIZE, interpolation="bicubic", mean=INCEPTION_MEAN,
-             std=INCEPTION_STD)
+_DATA = dict(
+    input_size=299, min_input_size=MIN_INPUT_SIZE, interpolation="bicubic", mean=INCEPTION_MEAN, std=INCEPTION_STD
+)
 
 
 @register_model(

@@ -85,7 +85,8 @@ change costs about 0.41 GMACs at 299).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -224,23 +225,26 @@ class InceptionE(nn.Module):
         b1 = conv(320, 1, name="branch1x1")(x, train)
 
         b3 = conv(384, 1, name="branch3x3_1")(x, train)
-        b3 = layers.concat([
-            conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3, train),
-            conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3, train),
-        ])
+        b3 = layers.concat(
+            [
+                conv(384, (1, 3), padding=(0, 1), name="branch3x3_2a")(b3, train),
+                conv(384, (3, 1), padding=(1, 0), name="branch3x3_2b")(b3, train),
+            ]
+        )
 
         bd = conv(448, 1, name="branch3x3dbl_1")(x, train)
         bd = conv(384, 3, padding=1, name="branch3x3dbl_2")(bd, train)
-        bd = layers.concat([
-            conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd, train),
-            conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train),
-        ])
+        bd = layers.concat(
+            [
+                conv(384, (1, 3), padding=(0, 1), name="branch3x3dbl_3a")(bd, train),
+                conv(384, (3, 1), padding=(1, 0), name="branch3x3dbl_3b")(bd, train),
+            ]
+        )
 
         if self.pool == "max":
             bp = layers.max_pool(x, 3, 1, 1, padding_mode=self.padding_mode)
         else:
-            bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad,
-                                 padding_mode=self.padding_mode)
+            bp = layers.avg_pool(x, 3, 1, 1, count_include_pad=self.count_include_pad, padding_mode=self.padding_mode)
         bp = conv(192, 1, name="branch_pool")(bp, train)
         return layers.concat([b1, b3, bd, bp])
 
@@ -339,15 +343,29 @@ class InceptionV3(nn.Module):
         x = layers.max_pool(x, 3, 2, padding_mode=pm)
 
         for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
-            x = stage(layers.remat_if(InceptionA, self.remat)(pool_features, conv, branch5x5=self.inception_a_5x5, name=name, **pools), x)
+            x = stage(
+                layers.remat_if(InceptionA, self.remat)(
+                    pool_features, conv, branch5x5=self.inception_a_5x5, name=name, **pools
+                ),
+                x,
+            )
         x = stage(layers.remat_if(InceptionB, self.remat)(conv, padding_mode=pm, name="Mixed_6a"), x)
         for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-            x = stage(layers.remat_if(InceptionC, self.remat)(c7, conv, factorize_nxn=self.factorize_nxn, name=name, **pools), x)
+            x = stage(
+                layers.remat_if(InceptionC, self.remat)(c7, conv, factorize_nxn=self.factorize_nxn, name=name, **pools),
+                x,
+            )
 
         aux = ()
         if self.num_aux_heads and (train or self.is_initializing()):
-            head = InceptionAux(self.num_classes, conv, bn_aux=self.bn_aux, dtype=self.dtype,
-                                param_dtype=self.param_dtype, name="AuxLogits")(x, train)
+            head = InceptionAux(
+                self.num_classes,
+                conv,
+                bn_aux=self.bn_aux,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="AuxLogits",
+            )(x, train)
             aux = (head,) if train else ()
 
         block_e = layers.remat_if(InceptionE, self.remat)

@@ -57,8 +57,7 @@ MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REF
 # --------------------------------------------------------------------------------- shared helpers
 
 
-def nxn_pair(conv, x, train, *, n: int, mid: int, out: int, names: tuple[str, str], row_first: bool,
-             factorize: bool):
+def nxn_pair(conv, x, train, *, n: int, mid: int, out: int, names: tuple[str, str], row_first: bool, factorize: bool):
     """A 1xn then nx1 conv (`row_first`) or the reverse; with `factorize=False`, one nxn conv.
 
     The unfactorised conv has the pair's output width and the first conv's name.
@@ -142,8 +141,17 @@ class Mixed4a(nn.Module):
         b0 = conv(64, 1, name="branch0_0")(x, train)
         b0 = conv(96, 3, name="branch0_1")(b0, train)
         b1 = conv(64, 1, name="branch1_0")(x, train)
-        b1 = nxn_pair(conv, b1, train, n=7, mid=64, out=64, names=("branch1_1", "branch1_2"), row_first=True,
-                      factorize=self.factorize)
+        b1 = nxn_pair(
+            conv,
+            b1,
+            train,
+            n=7,
+            mid=64,
+            out=64,
+            names=("branch1_1", "branch1_2"),
+            row_first=True,
+            factorize=self.factorize,
+        )
         b1 = conv(96, 3, name="branch1_3")(b1, train)
         return layers.concat([b0, b1])
 
@@ -156,8 +164,9 @@ class Mixed5a(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        return layers.concat([self.conv(192, 3, strides=2, name="conv")(x, train),
-                              max_pool_3x3_s2(x, self.padding_mode)])
+        return layers.concat(
+            [self.conv(192, 3, strides=2, name="conv")(x, train), max_pool_3x3_s2(x, self.padding_mode)]
+        )
 
 
 class InceptionA(nn.Module):
@@ -218,13 +227,16 @@ class InceptionB(nn.Module):
         conv, f = self.conv, self.factorize
         b0 = conv(384, 1, name="branch0")(x, train)
         b1 = conv(192, 1, name="branch1_0")(x, train)
-        b1 = nxn_pair(conv, b1, train, n=7, mid=224, out=256, names=("branch1_1", "branch1_2"), row_first=True,
-                      factorize=f)
+        b1 = nxn_pair(
+            conv, b1, train, n=7, mid=224, out=256, names=("branch1_1", "branch1_2"), row_first=True, factorize=f
+        )
         b2 = conv(192, 1, name="branch2_0")(x, train)
-        b2 = nxn_pair(conv, b2, train, n=7, mid=192, out=224, names=("branch2_1", "branch2_2"), row_first=False,
-                      factorize=f)
-        b2 = nxn_pair(conv, b2, train, n=7, mid=224, out=256, names=("branch2_3", "branch2_4"), row_first=False,
-                      factorize=f)
+        b2 = nxn_pair(
+            conv, b2, train, n=7, mid=192, out=224, names=("branch2_1", "branch2_2"), row_first=False, factorize=f
+        )
+        b2 = nxn_pair(
+            conv, b2, train, n=7, mid=224, out=256, names=("branch2_3", "branch2_4"), row_first=False, factorize=f
+        )
         b3 = conv(128, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
@@ -243,8 +255,17 @@ class ReductionB(nn.Module):
         b0 = conv(192, 1, name="branch0_0")(x, train)
         b0 = conv(192, 3, strides=2, name="branch0_1")(b0, train)
         b1 = conv(256, 1, name="branch1_0")(x, train)
-        b1 = nxn_pair(conv, b1, train, n=7, mid=256, out=320, names=("branch1_1", "branch1_2"), row_first=True,
-                      factorize=self.factorize)
+        b1 = nxn_pair(
+            conv,
+            b1,
+            train,
+            n=7,
+            mid=256,
+            out=320,
+            names=("branch1_1", "branch1_2"),
+            row_first=True,
+            factorize=self.factorize,
+        )
         b1 = conv(320, 3, strides=2, name="branch1_3")(b1, train)
         return layers.concat([b0, b1, max_pool_3x3_s2(x, self.padding_mode)])
 
@@ -263,13 +284,16 @@ class InceptionC(nn.Module):
         conv, f = self.conv, self.factorize
         b0 = conv(256, 1, name="branch0")(x, train)
         b1 = conv(384, 1, name="branch1_0")(x, train)
-        b1 = split_1x3_3x1(conv, b1, train, width=256, names=("branch1_1a", "branch1_1b"), merged="branch1_1",
-                           factorize=f)
+        b1 = split_1x3_3x1(
+            conv, b1, train, width=256, names=("branch1_1a", "branch1_1b"), merged="branch1_1", factorize=f
+        )
         b2 = conv(384, 1, name="branch2_0")(x, train)
-        b2 = nxn_pair(conv, b2, train, n=3, mid=448, out=512, names=("branch2_1", "branch2_2"), row_first=False,
-                      factorize=f)
-        b2 = split_1x3_3x1(conv, b2, train, width=256, names=("branch2_3a", "branch2_3b"), merged="branch2_3",
-                           factorize=f)
+        b2 = nxn_pair(
+            conv, b2, train, n=3, mid=448, out=512, names=("branch2_1", "branch2_2"), row_first=False, factorize=f
+        )
+        b2 = split_1x3_3x1(
+            conv, b2, train, width=256, names=("branch2_3a", "branch2_3b"), merged="branch2_3", factorize=f
+        )
         b3 = conv(256, 1, name="branch3_1")(avg_pool_3x3(x, self.padding_mode, self.count_include_pad), train)
         return layers.concat([b0, b1, b2, b3])
 
@@ -365,14 +389,23 @@ class InceptionV4(nn.Module):
     def block_groups(self) -> list[list[str]]:
         """The names of the Inception-A, -B and -C blocks (`stacking`: scanned as one module each)."""
         n_a, n_b, n_c = self.depths
-        return [stacking.block_names("features_", 6, n_a), stacking.block_names("features_", 7 + n_a, n_b),
-                stacking.block_names("features_", 8 + n_a + n_b, n_c)]
+        return [
+            stacking.block_names("features_", 6, n_a),
+            stacking.block_names("features_", 7 + n_a, n_b),
+            stacking.block_names("features_", 8 + n_a + n_b, n_c),
+        ]
 
 
 @register_model(
     "inception_v4",
-    data=DataConfig(input_size=299, min_input_size=MIN_INPUT_SIZE, crop_pct=0.875, interpolation="bicubic",
-                    mean=INCEPTION_MEAN, std=INCEPTION_STD),
+    data=DataConfig(
+        input_size=299,
+        min_input_size=MIN_INPUT_SIZE,
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=INCEPTION_MEAN,
+        std=INCEPTION_STD,
+    ),
     description="Inception-v4 (timm inception_v4, the TF-slim port)",
     torch_reference="timm inception_v4",
 )

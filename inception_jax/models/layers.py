@@ -16,7 +16,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import flax.linen as nn
 import jax
@@ -75,7 +76,8 @@ class BatchNorm(nn.BatchNorm):
         if choice == "cpu" and not cpu_form and not use_running_average:
             raise ValueError(
                 f"BatchNorm {self.scope.path_text!r}: kernels='cpu' normalises over the last axis with a "
-                "two-pass variance, without masks, axis_name or axis_index_groups; use kernels='auto' or 'xla'")
+                "two-pass variance, without masks, axis_name or axis_index_groups; use kernels='auto' or 'xla'"
+            )
         if use_running_average or choice == "xla" or not cpu_form:
             return super().__call__(x, use_running_average=use_running_average, mask=mask)
         features = x.shape[-1]
@@ -83,9 +85,15 @@ class BatchNorm(nn.BatchNorm):
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (features,))
         scale = self.param("scale", self.scale_init, (features,), self.param_dtype) if self.use_scale else None
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
-        y, mean, var = kernels.select(functools.partial(kernels.cpu_batch_norm_train, self),
-                                      functools.partial(kernels.flax_batch_norm_train, self),
-                                      x, scale, bias, ra_mean.value, ra_var.value)
+        y, mean, var = kernels.select(
+            functools.partial(kernels.cpu_batch_norm_train, self),
+            functools.partial(kernels.flax_batch_norm_train, self),
+            x,
+            scale,
+            bias,
+            ra_mean.value,
+            ra_var.value,
+        )
         if not self.is_initializing():
             ra_mean.value, ra_var.value = mean, var
         return y
@@ -300,7 +308,7 @@ def check_depths(depths, model: str, stages: str) -> None:
         raise ValueError(f"{model}: depths takes 3 whole numbers >= 1 (the {stages}), got {depths!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def remat_if(block_cls: type, enabled: bool) -> type:
     """`block_cls`, or with `enabled` its gradient-checkpointed form (`nn.remat`, i.e. `jax.checkpoint`):
     the block keeps only its input for the backward pass and recomputes its inner activations there, so
@@ -313,9 +321,14 @@ def remat_if(block_cls: type, enabled: bool) -> type:
 def bound_conv(module: nn.Module, **fixed):
     """`conv(features, kernel, ...)`: a ConvBN with the network's padding, BN and dtype options bound and
     its width scaled by `width_multiplier` (slim's depth_multiplier). `fixed` adds family options."""
-    options = dict(padding_mode=module.padding_mode, bn_momentum=module.bn_momentum,
-                   bn_epsilon=module.bn_epsilon, bn_use_scale=getattr(module, "bn_use_scale", True),
-                   dtype=module.dtype, param_dtype=module.param_dtype)
+    options = dict(
+        padding_mode=module.padding_mode,
+        bn_momentum=module.bn_momentum,
+        bn_epsilon=module.bn_epsilon,
+        bn_use_scale=getattr(module, "bn_use_scale", True),
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+    )
     base = functools.partial(ConvBN, **{**options, **fixed})
 
     def conv(features: int, kernel_size, **kwargs):

@@ -63,8 +63,7 @@ def count_macs(model, variables, input_size: int, *, train: bool = False) -> int
         model = model.clone(kernels="xla")
     x = jax.ShapeDtypeStruct((1, input_size, input_size, model.in_channels), jnp.float32)
     if train:
-        fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
-                                      rngs={"dropout": jax.random.key(0)})
+        fn = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
     else:
         fn = lambda v, x: model.apply(v, x, train=False)
     with kernels.use("xla"):
@@ -111,8 +110,7 @@ def summary_row(name: str) -> dict:
     }
     with_aux = registry.create_model(name, aux_logits=True)
     if num_aux_heads(with_aux, data.input_size):
-        row["params_with_aux"] = count_params(
-            abstract_variables(with_aux, data.input_size)["params"])
+        row["params_with_aux"] = count_params(abstract_variables(with_aux, data.input_size)["params"])
     return row
 
 
@@ -124,8 +122,11 @@ def summary_table(rows: list[dict] | None = None) -> str:
     lines = [header, "-" * len(header)]
     for r in rows:
         aux = f"{r['params_with_aux']:,}" if r["params_with_aux"] else "-"
-        lines.append(f"{r['model']:<22}{r['params']:>14,}{aux:>14}{r['gmacs']:>9.3f}"
-                     f"{r['input_size']:>7}{r['min_input_size']:>6}")
-    lines.append("GMACs: conv + linear multiply-accumulates at the default input size, batch 1 "
-                 "(the count timm/torchvision report).")
+        lines.append(
+            f"{r['model']:<22}{r['params']:>14,}{aux:>14}{r['gmacs']:>9.3f}{r['input_size']:>7}{r['min_input_size']:>6}"
+        )
+    lines.append(
+        "GMACs: conv + linear multiply-accumulates at the default input size, batch 1 "
+        "(the count timm/torchvision report)."
+    )
     return "\n".join(lines)

@@ -10,7 +10,7 @@ model uses, so weight files, checkpoints and `init_from` work across the two.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,8 +33,15 @@ def stacked_name(names: Sequence[str]) -> str:
     return f"{names[0]}-{names[-1].rsplit('_', 1)[-1]}"
 
 
-def run_blocks(make_block: Callable[..., nn.Module], names: Sequence[str], x, train: bool, *, scan: bool,
-               endpoint: Callable = lambda name, x: x):
+def run_blocks(
+    make_block: Callable[..., nn.Module],
+    names: Sequence[str],
+    x,
+    train: bool,
+    *,
+    scan: bool,
+    endpoint: Callable = lambda name, x: x,
+):
     """Runs the blocks `make_block(name=n)` for `names` in turn, or with `scan` as one `nn.scan` over
     a block whose parameters and BatchNorm statistics are stacked along a leading axis. Call it from
     the parent's compact method. `endpoint(name, x)` sees each block's output (scanned: the last's)."""
@@ -42,8 +49,12 @@ def run_blocks(make_block: Callable[..., nn.Module], names: Sequence[str], x, tr
         for name in names:
             x = endpoint(name, make_block(name=name)(x, train))
         return x
-    stage = nn.scan(_ScanStep, variable_axes={"params": 0, "batch_stats": 0},
-                    split_rngs={"params": True, "dropout": True}, length=len(names))
+    stage = nn.scan(
+        _ScanStep,
+        variable_axes={"params": 0, "batch_stats": 0},
+        split_rngs={"params": True, "dropout": True},
+        length=len(names),
+    )
     x, _ = stage(make_block, train, name=stacked_name(names))(x, None)
     return endpoint(names[-1], x)
 
@@ -62,8 +73,7 @@ def to_layout(variables: dict, model: nn.Module) -> dict:
             name = stacked_name(names)
             if scan and all(n in tree for n in names):
                 blocks = [tree.pop(n) for n in names]
-                tree[name] = {"block": jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]),
-                                                    *blocks)}
+                tree[name] = {"block": jax.tree.map(lambda *leaves: np.stack([np.asarray(v) for v in leaves]), *blocks)}
             elif not scan and name in tree:
                 stacked = tree.pop(name)["block"]
                 for i, n in enumerate(names):

@@ -41,7 +41,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Reference constructors: (library, our registry name) -> builder(num_classes, aux_logits).
 REFERENCES: dict[str, dict[str, Callable[..., Any]]] = {
@@ -52,9 +53,11 @@ REFERENCES: dict[str, dict[str, Callable[..., Any]]] = {
     },
     "torchvision": {
         "googlenet": lambda timm, tv, n, aux: tv.models.googlenet(
-            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False),
+            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False
+        ),
         "inception_v3": lambda timm, tv, n, aux: tv.models.inception_v3(
-            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False),
+            weights=None, num_classes=n, aux_logits=aux, init_weights=True, transform_input=False
+        ),
     },
 }
 
@@ -72,13 +75,42 @@ LEARNING_RATE = 0.045  # the Rethinking recipe's; any value times the same
 # Options of one side only: the input pipeline's are errors elsewhere; the model step's are ignored (with a
 # note) by --mode input, so scripts can pass one set of options to every mode.
 INPUT_OPTIONS = ("dataset", "data_dir", "split", "no_color_distortion", "sample_examples")
-MODEL_STEP_OPTIONS = ("dtype", "devices", "num_classes", "model_option", "ref_compile", "ref_channels_last",
-                      "peak_tflops", "xla_cpu_convolutions", "kernels", "jit")
+MODEL_STEP_OPTIONS = (
+    "dtype",
+    "devices",
+    "num_classes",
+    "model_option",
+    "ref_compile",
+    "ref_channels_last",
+    "peak_tflops",
+    "xla_cpu_convolutions",
+    "kernels",
+    "jit",
+)
 # Result fields with no meaning for an input-pipeline row: null there, so every row has the same keys.
-MODEL_STEP_FIELDS = ("model_options", "device", "xla_cpu_convolutions", "kernels", "jit", "compile_s", "compile_cached_s", "compile_cache_hit",
-                     "peak_mem_bytes", "xla_temp_bytes", "gflops_per_image", "achieved_tflop_per_s", "peak_tflop_per_s",
-                     "peak_source", "utilisation", "reference", "ref_img_per_s", "ref_img_per_s_min",
-                     "ref_img_per_s_max", "ref_peak_mem_bytes", "ratio")
+MODEL_STEP_FIELDS = (
+    "model_options",
+    "device",
+    "xla_cpu_convolutions",
+    "kernels",
+    "jit",
+    "compile_s",
+    "compile_cached_s",
+    "compile_cache_hit",
+    "peak_mem_bytes",
+    "xla_temp_bytes",
+    "gflops_per_image",
+    "achieved_tflop_per_s",
+    "peak_tflop_per_s",
+    "peak_source",
+    "utilisation",
+    "reference",
+    "ref_img_per_s",
+    "ref_img_per_s_min",
+    "ref_img_per_s_max",
+    "ref_peak_mem_bytes",
+    "ratio",
+)
 
 
 class BenchError(ValueError):
@@ -91,46 +123,88 @@ class BenchError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inception-bench", description=__doc__.splitlines()[0],
-                                allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="inception-bench", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--model", help="a registered variant, e.g. inception_v3")
-    p.add_argument("--mode", choices=("train", "infer", "input"), default="train",
-                   help="the train step, the inference forward pass, or the training input pipeline")
+    p.add_argument(
+        "--mode",
+        choices=("train", "infer", "input"),
+        default="train",
+        help="the train step, the inference forward pass, or the training input pipeline",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="global batch over all devices used (default 8)")
     p.add_argument("--image-size", type=int, default=None, help="default: the variant's input size")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype; the reference runs under torch.autocast for bfloat16")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype; the reference runs under torch.autocast for bfloat16",
+    )
     p.add_argument("--steps", type=int, default=5, help="timed steps (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling (default 2)")
-    p.add_argument("--compare", choices=sorted(REFERENCES), default=None,
-                   help="run the reference PyTorch model in the same process, alternating with ours")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for both sides (pins this process to that many cores; default: all)")
+    p.add_argument(
+        "--compare",
+        choices=sorted(REFERENCES),
+        default=None,
+        help="run the reference PyTorch model in the same process, alternating with ours",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for both sides (pins this process to that many cores; default: all)",
+    )
     p.add_argument("--devices", type=int, default=None, help="devices to use (default: all local devices)")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="any model option, e.g. width_multiplier=0.25 (repeatable; changes only our side)")
+    p.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any model option, e.g. width_multiplier=0.25 (repeatable; changes only our side)",
+    )
     p.add_argument("--ref-compile", action="store_true", help="torch.compile the reference step")
     p.add_argument("--ref-channels-last", action="store_true", help="channels-last memory format for the reference")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for the utilisation figure")
-    p.add_argument("--xla-cpu-convolutions", choices=("eigen", "ynnpack"), default="eigen",
-                   help="on a CPU: XLA's own convolutions (our default) or its YNNPACK library (XLA's default); "
-                        "see inception_jax/kernels.py")
-    p.add_argument("--kernels", choices=("auto", "xla", "cpu"), default="auto",
-                   help="backend-specific forms (inception_jax/kernels.py): 'auto' takes the CPU forms on a CPU")
-    p.add_argument("--jit", choices=("project", "plain"), default="project",
-                   help="'project': the trainer's step (its compiler options, kernels resolved for the devices); "
-                        "'plain': the step a notebook writes, a bare jax.jit of value_and_grad and an optax update")
-    p.add_argument("--dataset", help="--mode input: a prepared TFDS dataset, e.g. imagenet2012 "
-                                      "(default: the built-in sample_photos, built into a temporary directory)")
+    p.add_argument(
+        "--xla-cpu-convolutions",
+        choices=("eigen", "ynnpack"),
+        default="eigen",
+        help="on a CPU: XLA's own convolutions (our default) or its YNNPACK library (XLA's default); "
+        "see inception_jax/kernels.py",
+    )
+    p.add_argument(
+        "--kernels",
+        choices=("auto", "xla", "cpu"),
+        default="auto",
+        help="backend-specific forms (inception_jax/kernels.py): 'auto' takes the CPU forms on a CPU",
+    )
+    p.add_argument(
+        "--jit",
+        choices=("project", "plain"),
+        default="project",
+        help="'project': the trainer's step (its compiler options, kernels resolved for the devices); "
+        "'plain': the step a notebook writes, a bare jax.jit of value_and_grad and an optax update",
+    )
+    p.add_argument(
+        "--dataset",
+        help="--mode input: a prepared TFDS dataset, e.g. imagenet2012 "
+        "(default: the built-in sample_photos, built into a temporary directory)",
+    )
     p.add_argument("--data-dir", help="--mode input: the TFDS data dir holding --dataset (default: TFDS's)")
     p.add_argument("--split", default="train", help="--mode input: the split read (default train)")
-    p.add_argument("--no-color-distortion", action="store_true",
-                   help="--mode input: leave out the Inception colour distortion (the ImageNet recipe applies it)")
+    p.add_argument(
+        "--no-color-distortion",
+        action="store_true",
+        help="--mode input: leave out the Inception colour distortion (the ImageNet recipe applies it)",
+    )
     p.add_argument("--sample-examples", type=int, default=None, help=argparse.SUPPRESS)  # tests: a smaller set
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--table", metavar="JSONL", help="print a markdown table of the --json results in this file "
-                                                    "(one object per line; what BENCHMARKS.md shows) and exit")
+    p.add_argument(
+        "--table",
+        metavar="JSONL",
+        help="print a markdown table of the --json results in this file "
+        "(one object per line; what BENCHMARKS.md shows) and exit",
+    )
     return p
 
 
@@ -152,8 +226,9 @@ def check_args(args, registry) -> dict[str, Any]:
     if not args.model:
         raise BenchError("--model is required; e.g. --model inception_v3")
     if args.model not in registry.list_models():
-        raise BenchError(f"--model {args.model!r} is not a registered variant; choose one of "
-                         f"{', '.join(registry.list_models())}")
+        raise BenchError(
+            f"--model {args.model!r} is not a registered variant; choose one of {', '.join(registry.list_models())}"
+        )
     for name in ("batch_size", "steps", "num_classes"):
         if getattr(args, name) < 1:
             raise BenchError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -163,11 +238,15 @@ def check_args(args, registry) -> dict[str, Any]:
         raise BenchError(f"--threads {args.threads}: this process may use 1 to {len(os.sched_getaffinity(0))} cores")
     if args.mode == "input":
         if args.compare:
-            raise BenchError(f"--compare {args.compare} does not apply to --mode input, which times our input "
-                             "pipeline alone; drop --compare")
+            raise BenchError(
+                f"--compare {args.compare} does not apply to --mode input, which times our input "
+                "pipeline alone; drop --compare"
+            )
         if args.data_dir and not args.dataset:
-            raise BenchError(f"--data-dir {args.data_dir} needs --dataset NAME, e.g. --dataset imagenet2012 "
-                             "(without both, the built-in sample_photos set is timed)")
+            raise BenchError(
+                f"--data-dir {args.data_dir} needs --dataset NAME, e.g. --dataset imagenet2012 "
+                "(without both, the built-in sample_photos set is timed)"
+            )
         if args.sample_examples is not None and (args.dataset or args.sample_examples < 1):
             raise BenchError("--sample-examples takes a positive count, for the built-in set only")
     else:
@@ -176,14 +255,17 @@ def check_args(args, registry) -> dict[str, Any]:
             raise BenchError(f"{misplaced[0]} applies to --mode input only")
     if args.compare and args.model not in REFERENCES[args.compare]:
         have = ", ".join(f"{lib}: {', '.join(sorted(m))}" for lib, m in REFERENCES.items())
-        raise BenchError(f"--compare {args.compare} has no reference for {args.model!r} (references: {have}); "
-                         "drop --compare to time ours alone")
+        raise BenchError(
+            f"--compare {args.compare} has no reference for {args.model!r} (references: {have}); "
+            "drop --compare to time ours alone"
+        )
     options = parse_model_options(args.model_option)
     known = registry.model_options(args.model)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise BenchError(f"--model-option {unknown[0]!r} is not an option of {args.model}; "
-                         f"valid: {', '.join(sorted(known))}")
+        raise BenchError(
+            f"--model-option {unknown[0]!r} is not an option of {args.model}; valid: {', '.join(sorted(known))}"
+        )
     if "num_classes" in options or "dtype" in options:
         raise BenchError("set the class count and dtype with --num-classes and --dtype, not --model-option")
     return options
@@ -222,10 +304,9 @@ def _ours(args, options, mesh):
     import jax.numpy as jnp
     import numpy as np
 
-    from inception_jax import optim
-    from inception_jax import kernels
-    from inception_jax.trainer import compilation, parallel, train
+    from inception_jax import kernels, optim
     from inception_jax.models import profile
+    from inception_jax.trainer import compilation, parallel, train
 
     config = _bench_config(args, options)
     if args.dtype == "bfloat16":
@@ -252,8 +333,11 @@ def _ours(args, options, mesh):
         call_args = (state, batch, jax.random.key(1))
     else:
         forward = train.kernel_scope(lambda v, x: model.apply(v, x, train=False)[0], config, mesh)
-        jitted = jax.jit(forward, out_shardings=replicated,
-                         compiler_options=kernels.compiler_options(mesh, args.xla_cpu_convolutions))
+        jitted = jax.jit(
+            forward,
+            out_shardings=replicated,
+            compiler_options=kernels.compiler_options(mesh, args.xla_cpu_convolutions),
+        )
         call_args = (variables, batch["image"])
 
     _, compile_s, _ = compilation.compile_timed(jitted, *call_args)
@@ -267,6 +351,7 @@ def _ours(args, options, mesh):
             holder["state"], metrics = compiled(holder["state"], batch, call_args[2])
             jax.block_until_ready(metrics["train/loss"])
     else:
+
         def step():
             jax.block_until_ready(compiled(variables, batch["image"]))
 
@@ -288,15 +373,21 @@ def _plain_jit(args, model, tx, state, batch, replicated):
 
     def step(state, batch, key):
         def loss_fn(params):
-            (logits, _), new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                                                train=True, mutable=["batch_stats"], rngs={"dropout": key})
+            (logits, _), new_vars = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch["image"],
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": key},
+            )
             targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], logits.shape[-1]), 0.1)
             return optax.softmax_cross_entropy(logits, targets).mean(), new_vars["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
-                                  opt_state=opt_state)
+        new_state = state.replace(
+            params=optax.apply_updates(state.params, updates), batch_stats=batch_stats, opt_state=opt_state
+        )
         return new_state, {"train/loss": loss}
 
     return jax.jit(step, donate_argnums=(0,)), (state, batch, jax.random.key(1))
@@ -427,8 +518,10 @@ def run(args) -> dict[str, Any]:
             raise BenchError(f"--devices {args.devices}: this machine has {len(devices)} local devices")
         devices = devices[: args.devices]
     if args.batch_size % len(devices):
-        raise BenchError(f"--batch-size {args.batch_size} does not split over {len(devices)} devices; "
-                         f"use a multiple of {len(devices)} or --devices")
+        raise BenchError(
+            f"--batch-size {args.batch_size} does not split over {len(devices)} devices; "
+            f"use a multiple of {len(devices)} or --devices"
+        )
     on_gpu = devices[0].platform == "gpu"
 
     # An empty persistent cache makes the first compile cold; the second then reads it back.
@@ -474,29 +567,54 @@ def _measure(args, options, devices, threads: int, on_gpu: bool) -> dict[str, An
     median = statistics.median(ours)
     achieved = gflops * 1e9 * median
     result = {
-        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
-        "dtype": args.dtype, "model_options": options,
-        "device": f"{len(devices)} x {devices[0].device_kind}", "platform": devices[0].platform,
+        "model": args.model,
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "dtype": args.dtype,
+        "model_options": options,
+        "device": f"{len(devices)} x {devices[0].device_kind}",
+        "platform": devices[0].platform,
         "xla_cpu_convolutions": args.xla_cpu_convolutions if devices[0].platform == "cpu" else None,
-        "kernels": args.kernels, "jit": args.jit,
-        "cpu": platform.processor() or platform.machine(), "threads": threads, "steps": args.steps,
-        "img_per_s": median, "img_per_s_min": min(ours), "img_per_s_max": max(ours),
-        "compile_s": compile_s, "compile_cached_s": cached_s, "compile_cache_hit": cache_hit,
-        "peak_mem_bytes": peak_mem, "xla_temp_bytes": temp_bytes,
-        "gflops_per_image": gflops, "achieved_tflop_per_s": achieved / 1e12,
-        "peak_tflop_per_s": peak_flops / 1e12, "peak_source": peak_source, "utilisation": achieved / peak_flops,
-        "reference": None, "ref_img_per_s": None, "ref_img_per_s_min": None, "ref_img_per_s_max": None,
-        "ref_peak_mem_bytes": None, "ratio": None, "versions": versions,
+        "kernels": args.kernels,
+        "jit": args.jit,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": threads,
+        "steps": args.steps,
+        "img_per_s": median,
+        "img_per_s_min": min(ours),
+        "img_per_s_max": max(ours),
+        "compile_s": compile_s,
+        "compile_cached_s": cached_s,
+        "compile_cache_hit": cache_hit,
+        "peak_mem_bytes": peak_mem,
+        "xla_temp_bytes": temp_bytes,
+        "gflops_per_image": gflops,
+        "achieved_tflop_per_s": achieved / 1e12,
+        "peak_tflop_per_s": peak_flops / 1e12,
+        "peak_source": peak_source,
+        "utilisation": achieved / peak_flops,
+        "reference": None,
+        "ref_img_per_s": None,
+        "ref_img_per_s_min": None,
+        "ref_img_per_s_max": None,
+        "ref_peak_mem_bytes": None,
+        "ratio": None,
+        "versions": versions,
     }
     if ref_step is not None:
-        result.update({
-            "reference": f"{args.compare} {args.model}" + (" compiled" if args.ref_compile else "")
-                         + (" channels-last" if args.ref_channels_last else ""),
-            "ref_img_per_s": statistics.median(theirs), "ref_img_per_s_min": min(theirs),
-            "ref_img_per_s_max": max(theirs),
-            "ref_peak_mem_bytes": ref_peak() if ref_peak else None,
-            "ratio": median / statistics.median(theirs),
-        })
+        result.update(
+            {
+                "reference": f"{args.compare} {args.model}"
+                + (" compiled" if args.ref_compile else "")
+                + (" channels-last" if args.ref_channels_last else ""),
+                "ref_img_per_s": statistics.median(theirs),
+                "ref_img_per_s_min": min(theirs),
+                "ref_img_per_s_max": max(theirs),
+                "ref_peak_mem_bytes": ref_peak() if ref_peak else None,
+                "ratio": median / statistics.median(theirs),
+            }
+        )
     return result
 
 
@@ -533,9 +651,11 @@ def _dataset_info(config, args):
     except pipeline.DatasetNotPreparedError as e:
         build = next((line.strip() for line in str(e).splitlines() if line.strip().startswith("tfds build")), "")
         where = args.data_dir or "(TFDS's default)"
-        raise BenchError(f"--dataset {args.dataset} is not prepared in --data-dir {where}; prepare it once"
-                         f" with `{build}` (see inception_jax/trainer/data/pipeline.py), or drop --dataset "
-                         "and --data-dir to time the built-in sample_photos set") from None
+        raise BenchError(
+            f"--dataset {args.dataset} is not prepared in --data-dir {where}; prepare it once"
+            f" with `{build}` (see inception_jax/trainer/data/pipeline.py), or drop --dataset "
+            "and --data-dir to time the built-in sample_photos set"
+        ) from None
     except ValueError as e:  # an unknown name or split; the pipeline's message names the config fields
         name = args.dataset or "sample_photos"
         raise BenchError(f"--dataset {name} --split {args.split}: {str(e).splitlines()[0]}") from None
@@ -592,16 +712,31 @@ def _measure_input(args, data, threads: int) -> dict[str, Any]:
         del batches  # stops tf.data's threads before their files go
     return {
         **dict.fromkeys(MODEL_STEP_FIELDS),
-        "model": args.model, "mode": args.mode, "batch_size": args.batch_size, "image_size": args.image_size,
-        "dtype": "uint8", "platform": "cpu", "cpu": platform.processor() or platform.machine(), "threads": threads,
-        "steps": args.steps, "img_per_s": statistics.median(rates), "img_per_s_min": min(rates),
-        "img_per_s_max": max(rates), "dataset": info.name, "split": args.split,
-        "num_examples": info.num_train_examples, "mean_jpeg_bytes": mean_bytes,
+        "model": args.model,
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "dtype": "uint8",
+        "platform": "cpu",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": threads,
+        "steps": args.steps,
+        "img_per_s": statistics.median(rates),
+        "img_per_s_min": min(rates),
+        "img_per_s_max": max(rates),
+        "dataset": info.name,
+        "split": args.split,
+        "num_examples": info.num_train_examples,
+        "mean_jpeg_bytes": mean_bytes,
         # Images per CPU-second: the cores a rate needs, which a busy shared machine distorts less than img/s.
         "img_per_cpu_s": args.steps * args.batch_size / cpu_s if cpu_s > 0 else None,
-        "color_distortion": config.input.color_distortion, "interpolation": config.input.interpolation,
-        "versions": {"tensorflow": tf.__version__, "tensorflow_datasets": tfds.__version__,
-                     "python": platform.python_version()},
+        "color_distortion": config.input.color_distortion,
+        "interpolation": config.input.interpolation,
+        "versions": {
+            "tensorflow": tf.__version__,
+            "tensorflow_datasets": tfds.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 
@@ -620,13 +755,16 @@ def format_table(r: dict[str, Any]) -> str:
     if r["mode"] == "input":
         size = "" if r.get("mean_jpeg_bytes") is None else f", mean {r['mean_jpeg_bytes'] / 1e3:.0f} KB"
         per_core = "-" if r.get("img_per_cpu_s") is None else f"{r['img_per_cpu_s']:.2f}"
-        return "\n".join([
-            f"{r['model']} input pipeline, batch {r['batch_size']}, {r['image_size']} px, uint8, {r['cpu']} "
-            f"({r['threads']} threads), median of {r['steps']} batches",
-            f"  pipeline:  {r['img_per_s']:.2f} img/s (min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
-            f"{_input_label(r)}, {r['interpolation']} resize; {r['num_examples']} images{size}",
-            f"  per core:  {per_core} img per CPU-second (all threads' user + system time)",
-        ])
+        return "\n".join(
+            [
+                f"{r['model']} input pipeline, batch {r['batch_size']}, {r['image_size']} px, uint8, {r['cpu']} "
+                f"({r['threads']} threads), median of {r['steps']} batches",
+                f"  pipeline:  {r['img_per_s']:.2f} img/s "
+                f"(min {r['img_per_s_min']:.2f}, max {r['img_per_s_max']:.2f}); "
+                f"{_input_label(r)}, {r['interpolation']} resize; {r['num_examples']} images{size}",
+                f"  per core:  {per_core} img per CPU-second (all threads' user + system time)",
+            ]
+        )
     mib = lambda b: "-" if b is None else f"{b / 2**20:,.0f} MiB"
     lines = [
         f"{r['model']} {r['mode']}, batch {r['batch_size']}, {r['image_size']} px, {r['dtype']}, "
@@ -652,9 +790,11 @@ def format_table(r: dict[str, Any]) -> str:
 def markdown_table(results: list[dict[str, Any]]) -> str:
     """One row per result: ours and the reference side by side; an input row has only its images/s."""
     num = lambda v, fmt: "-" if v is None else format(v, fmt)
-    rows = ["| model | mode | batch | size | dtype | ours img/s (min-max) | reference | ref img/s (min-max) | "
-            "ours / ref | compile s (cold / cached) | peak memory MiB | GFLOP/s (utilisation) |",
-            "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| model | mode | batch | size | dtype | ours img/s (min-max) | reference | ref img/s (min-max) | "
+        "ours / ref | compile s (cold / cached) | peak memory MiB | GFLOP/s (utilisation) |",
+        "|---|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         ref = r.get("reference")
         detail = f" ({_input_label(r)})" if r["mode"] == "input" else ""
@@ -672,7 +812,9 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
             + f" | {num(r.get('ratio'), '.2f')} | "
             + (f"{r['compile_s']:.1f} / {r['compile_cached_s']:.1f}" if r.get("compile_s") is not None else "-")
             + f" | {num(r.get('peak_mem_bytes') and r['peak_mem_bytes'] / 2**20, ',.0f')} | "
-            + (f"{achieved * 1e3:.1f} ({100 * utilisation:.0f}%)" if achieved is not None else "-") + " |")
+            + (f"{achieved * 1e3:.1f} ({100 * utilisation:.0f}%)" if achieved is not None else "-")
+            + " |"
+        )
     return "\n".join(rows)
 
 

@@ -45,8 +45,14 @@ class _Chain(nn.Module):
 
 def _conv_factory(width_multiplier: float = 1.0, padding_mode: str = "torch"):
     """The networks' own `ConvBN` factory (`layers.bound_conv`) with the models' default options."""
-    options = types.SimpleNamespace(padding_mode=padding_mode, bn_momentum=0.9, bn_epsilon=1e-3, dtype=None,
-                                    param_dtype=jnp.float32, width_multiplier=width_multiplier)
+    options = types.SimpleNamespace(
+        padding_mode=padding_mode,
+        bn_momentum=0.9,
+        bn_epsilon=1e-3,
+        dtype=None,
+        param_dtype=jnp.float32,
+        width_multiplier=width_multiplier,
+    )
     return layers.bound_conv(options)
 
 
@@ -95,8 +101,19 @@ def _single_layer_rows() -> list[dict]:
         ("1x3 + 3x1 vs a 3x3 conv", "1x3 + 3x1", "3x3", "33% cheaper (section 3.2)"),
         ("1x7 + 7x1 vs a 7x7 conv", "1x7 + 7x1", "7x7", "the same saving grows with n (section 3.2)"),
     ]
-    return [{"comparison": what, "a": a, "b": b, "params_a": n[a][0], "params_b": n[b][0], "macs_a": n[a][1],
-             "macs_b": n[b][1], "claim": claim} for what, a, b, claim in pairs]
+    return [
+        {
+            "comparison": what,
+            "a": a,
+            "b": b,
+            "params_a": n[a][0],
+            "params_b": n[b][0],
+            "macs_a": n[a][1],
+            "macs_b": n[b][1],
+            "claim": claim,
+        }
+        for what, a, b, claim in pairs
+    ]
 
 
 def _module_rows() -> list[dict]:
@@ -118,16 +135,39 @@ def _module_rows() -> list[dict]:
     }
     n = {name: block_cost(block, ch, size) for name, (block, ch, size) in blocks.items()}
     pairs = [
-        ("GoogLeNet (3a): naive vs dimension-reduced", "(3a) naive, 5x5", "(3a) reduced, 5x5",
-         "paper Table 1: (3a) costs 128M ops with reductions; Fig. 2a without them"),
-        ("the same, torchvision's 3x3 third branch", "(3a) naive, torchvision 3x3", "(3a) reduced, torchvision 3x3",
-         "torchvision/TF-slim's \"5x5\" branch is a 3x3 conv"),
-        ("v3 Mixed_5b: 5x5 branch vs two 3x3", "Mixed_5b, 5x5 branch", "Mixed_5b, 3x3 + 3x3 branch",
-         "Rethinking Fig. 5: the 5x5 replaced by two 3x3"),
+        (
+            "GoogLeNet (3a): naive vs dimension-reduced",
+            "(3a) naive, 5x5",
+            "(3a) reduced, 5x5",
+            "paper Table 1: (3a) costs 128M ops with reductions; Fig. 2a without them",
+        ),
+        (
+            "the same, torchvision's 3x3 third branch",
+            "(3a) naive, torchvision 3x3",
+            "(3a) reduced, torchvision 3x3",
+            'torchvision/TF-slim\'s "5x5" branch is a 3x3 conv',
+        ),
+        (
+            "v3 Mixed_5b: 5x5 branch vs two 3x3",
+            "Mixed_5b, 5x5 branch",
+            "Mixed_5b, 3x3 + 3x3 branch",
+            "Rethinking Fig. 5: the 5x5 replaced by two 3x3",
+        ),
         ("v3 Mixed_6b: 7x7 vs 1x7 + 7x1", "Mixed_6b, 7x7", "Mixed_6b, 1x7 + 7x1", "Rethinking Fig. 6"),
     ]
-    return [{"comparison": what, "a": a, "b": b, "params_a": n[a][0], "params_b": n[b][0], "macs_a": n[a][1],
-             "macs_b": n[b][1], "claim": claim} for what, a, b, claim in pairs]
+    return [
+        {
+            "comparison": what,
+            "a": a,
+            "b": b,
+            "params_a": n[a][0],
+            "params_b": n[b][0],
+            "macs_a": n[a][1],
+            "macs_b": n[b][1],
+            "claim": claim,
+        }
+        for what, a, b, claim in pairs
+    ]
 
 
 # Whole networks with one switch flipped, at each variant's default input size.
@@ -151,9 +191,18 @@ def _switch_rows(models: list[str]) -> list[dict]:
         size = registry.data_config(name).input_size
         base = model_cost({"name": name}, size, 1000)
         flipped = model_cost({"name": name, **switch}, size, 1000)
-        rows.append({"model": name, "switch": ", ".join(f"{k}={v!r}" for k, v in switch.items()), "what": what,
-                     "size": size, "params": base[0], "gmacs": base[1], "params_switched": flipped[0],
-                     "gmacs_switched": flipped[1]})
+        rows.append(
+            {
+                "model": name,
+                "switch": ", ".join(f"{k}={v!r}" for k, v in switch.items()),
+                "what": what,
+                "size": size,
+                "params": base[0],
+                "gmacs": base[1],
+                "params_switched": flipped[0],
+                "gmacs_switched": flipped[1],
+            }
+        )
     return rows
 
 
@@ -163,8 +212,15 @@ def _variant_rows(models: list[str]) -> list[dict]:
         size = registry.data_config(name).input_size
         params, gmacs = model_cost({"name": name}, size, 1000)
         params_aux, _ = model_cost({"name": name, "aux_logits": True}, size, 1000)
-        rows.append({"model": name, "size": size, "params": params, "gmacs": gmacs,
-                     "params_aux": params_aux if params_aux != params else None})
+        rows.append(
+            {
+                "model": name,
+                "size": size,
+                "params": params,
+                "gmacs": gmacs,
+                "params_aux": params_aux if params_aux != params else None,
+            }
+        )
     return rows
 
 
@@ -172,12 +228,16 @@ def _variant_rows(models: list[str]) -> list[dict]:
 
 
 def _pair_table(rows: list[dict]) -> list[str]:
-    out = ["| comparison | A | B | MACs A | MACs B | A / B | params A | params B | the paper |",
-           "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| comparison | A | B | MACs A | MACs B | A / B | params A | params B | the paper |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         ratio = r["macs_a"] / r["macs_b"]
-        out.append(f"| {r['comparison']} | {r['a']} | {r['b']} | {r['macs_a']:,} | {r['macs_b']:,} | "
-                   f"{ratio:.3f} ({_percent(ratio)}) | {r['params_a']:,} | {r['params_b']:,} | {r['claim']} |")
+        out.append(
+            f"| {r['comparison']} | {r['a']} | {r['b']} | {r['macs_a']:,} | {r['macs_b']:,} | "
+            f"{ratio:.3f} ({_percent(ratio)}) | {r['params_a']:,} | {r['params_b']:,} | {r['claim']} |"
+        )
     return out
 
 
@@ -187,32 +247,55 @@ def _percent(ratio: float) -> str:
 
 def markdown(models: list[str] | None = None) -> str:
     models = models or registry.list_models()
-    lines = ["# The papers' cost claims, counted on our layers", "",
-             "Generated by `inception-costs` (inception_jax/tools/costs.py). MACs are conv + linear "
-             "multiply-accumulates of one forward pass on one image, counted from the traced program of the "
-             "layers and modules our networks are built from (`models/profile.py`); parameters include "
-             "BatchNorm's scale and offset.", "",
-             "## Single layers (Rethinking the Inception Architecture, sections 3.1-3.2)", "",
-             "Conv-BN-ReLU layers (`layers.ConvBN`) on a 35x35x64 input with 64 output filters; in a pair, "
-             "both layers have 64 filters.", ""]
+    lines = [
+        "# The papers' cost claims, counted on our layers",
+        "",
+        "Generated by `inception-costs` (inception_jax/tools/costs.py). MACs are conv + linear "
+        "multiply-accumulates of one forward pass on one image, counted from the traced program of the "
+        "layers and modules our networks are built from (`models/profile.py`); parameters include "
+        "BatchNorm's scale and offset.",
+        "",
+        "## Single layers (Rethinking the Inception Architecture, sections 3.1-3.2)",
+        "",
+        "Conv-BN-ReLU layers (`layers.ConvBN`) on a 35x35x64 input with 64 output filters; in a pair, "
+        "both layers have 64 filters.",
+        "",
+    ]
     lines += _pair_table(_single_layer_rows())
-    lines += ["", "## Modules", "",
-              "GoogLeNet's inception (3a) on its 28x28x192 input (224 px network input); Inception-v3's "
-              "Mixed_5b on 35x35x192 and Mixed_6b on 17x17x768 (299 px). The naive (3a) also outputs "
-              "192 more channels (416 instead of 256), so every later module pays again: see the whole "
-              "network below.", ""]
+    lines += [
+        "",
+        "## Modules",
+        "",
+        "GoogLeNet's inception (3a) on its 28x28x192 input (224 px network input); Inception-v3's "
+        "Mixed_5b on 35x35x192 and Mixed_6b on 17x17x768 (299 px). The naive (3a) also outputs "
+        "192 more channels (416 instead of 256), so every later module pays again: see the whole "
+        "network below.",
+        "",
+    ]
     lines += _pair_table(_module_rows())
-    lines += ["", "## Whole networks with one switch flipped", "",
-              "| model | switch | what it does | input | params | GMACs | params switched | GMACs switched | ratio |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Whole networks with one switch flipped",
+        "",
+        "| model | switch | what it does | input | params | GMACs | params switched | GMACs switched | ratio |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in _switch_rows(models):
-        lines.append(f"| `{r['model']}` | `{r['switch']}` | {r['what']} | {r['size']} | {r['params']:,} | "
-                     f"{r['gmacs']:.3f} | {r['params_switched']:,} | {r['gmacs_switched']:.3f} | "
-                     f"{r['gmacs_switched'] / r['gmacs']:.3f} |")
-    lines += ["", "## Every variant", "",
-              "1000 classes at the default input (the model zoo table of the README, from the same counter). "
-              "The study runs' own counts are in their reports.", "",
-              "| model | input | params | params with aux | GMACs |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| `{r['model']}` | `{r['switch']}` | {r['what']} | {r['size']} | {r['params']:,} | "
+            f"{r['gmacs']:.3f} | {r['params_switched']:,} | {r['gmacs_switched']:.3f} | "
+            f"{r['gmacs_switched'] / r['gmacs']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Every variant",
+        "",
+        "1000 classes at the default input (the model zoo table of the README, from the same counter). "
+        "The study runs' own counts are in their reports.",
+        "",
+        "| model | input | params | params with aux | GMACs |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in _variant_rows(models):
         aux = f"{r['params_aux']:,}" if r["params_aux"] else "-"
         lines.append(f"| `{r['model']}` | {r['size']} | {r['params']:,} | {aux} | {r['gmacs']:.3f} |")

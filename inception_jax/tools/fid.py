@@ -45,7 +45,7 @@ import os
 import pathlib
 import sys
 import warnings
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +55,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from inception_jax import kernels
-from inception_jax.tools.convert import WeightMismatchError, from_torch, load_variables
 from inception_jax.models import profile, registry
+from inception_jax.tools.convert import WeightMismatchError, from_torch, load_variables
 
 FID_MODEL = "fid_inception_v3"
 FID_WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -67,8 +67,10 @@ IMAGE_EXTENSIONS = frozenset({"bmp", "jpg", "jpeg", "pgm", "png", "ppm", "tif", 
 DEFAULT_BATCH_SIZE = 50  # pytorch-fid's default
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
-_GET_WEIGHTS = (f"download {FID_WEIGHTS_NAME} from pytorch-fid's GitHub release ({FID_WEIGHTS_URL}) and pass "
-                "its path with --weights; inception_jax never downloads weights")
+_GET_WEIGHTS = (
+    f"download {FID_WEIGHTS_NAME} from pytorch-fid's GitHub release ({FID_WEIGHTS_URL}) and pass "
+    "its path with --weights; inception_jax never downloads weights"
+)
 
 
 class FIDInputError(ValueError):
@@ -76,6 +78,7 @@ class FIDInputError(ValueError):
 
 
 # --- The network ------------------------------------------------------------------------------------
+
 
 def load_fid_model(weights: str | os.PathLike | None):
     """Returns `(model, variables)` of the FID network from pytorch-fid's `.pth` (or a `.safetensors`
@@ -94,10 +97,15 @@ def load_fid_model(weights: str | os.PathLike | None):
         try:
             variables = from_torch(FID_MODEL, path)
         except WeightMismatchError as e:
-            found = "; ".join(line.strip().rstrip(":") for line in str(e).splitlines()[1:]
-                              if line.startswith("  ") and not line.startswith("    "))
-            raise FIDInputError(f"{path!r} is not the FID Inception network's state_dict ({found}); FID needs "
-                                f"pytorch-fid's {FID_WEIGHTS_NAME}") from None
+            found = "; ".join(
+                line.strip().rstrip(":")
+                for line in str(e).splitlines()[1:]
+                if line.startswith("  ") and not line.startswith("    ")
+            )
+            raise FIDInputError(
+                f"{path!r} is not the FID Inception network's state_dict ({found}); FID needs "
+                f"pytorch-fid's {FID_WEIGHTS_NAME}"
+            ) from None
         except (ValueError, ImportError) as e:
             raise FIDInputError(str(e)) from None
         return reference, variables
@@ -108,15 +116,21 @@ def load_fid_model(weights: str | os.PathLike | None):
     if model != reference:
         raise FIDInputError(
             f"{path!r} holds {_describe(model, reference)}, not the FID network; convert pytorch-fid's weights "
-            f"with `inception-convert --model {FID_MODEL} {FID_WEIGHTS_NAME} OUT.msgpack`")
+            f"with `inception-convert --model {FID_MODEL} {FID_WEIGHTS_NAME} OUT.msgpack`"
+        )
     _check_variable_shapes(path, reference, variables)
     return model, variables
 
 
 def _describe(model, reference) -> str:
-    differ = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-              if f.init and f.name not in ("parent", "name") and hasattr(reference, f.name)
-              and getattr(model, f.name) != getattr(reference, f.name)}
+    differ = {
+        f.name: getattr(model, f.name)
+        for f in dataclasses.fields(model)
+        if f.init
+        and f.name not in ("parent", "name")
+        and hasattr(reference, f.name)
+        and getattr(model, f.name) != getattr(reference, f.name)
+    }
     return f"{type(model).__name__}({', '.join(f'{k}={v!r}' for k, v in differ.items())})"
 
 
@@ -125,8 +139,10 @@ def _check_variable_shapes(path: str, model, variables) -> None:
     want = jax.tree.map(lambda a: tuple(a.shape), profile.abstract_variables(model, INPUT_SIZE))
     have = jax.tree.map(lambda a: tuple(np.shape(a)), {k: variables.get(k, {}) for k in want})
     if want != have:
-        raise FIDInputError(f"{path!r} does not hold the FID network's variables (their names or shapes differ); "
-                            f"convert {FID_WEIGHTS_NAME} again with `inception-convert`")
+        raise FIDInputError(
+            f"{path!r} does not hold the FID network's variables (their names or shapes differ); "
+            f"convert {FID_WEIGHTS_NAME} again with `inception-convert`"
+        )
 
 
 @functools.partial(jax.jit, static_argnames=("size",))
@@ -157,8 +173,9 @@ class FeatureExtractor:
             raise FIDInputError(f"batch size must be at least 1, got {batch_size}")
         self.model, self.batch_size, self.precision = model, int(batch_size), precision
         self.variables = jax.device_put(dict(variables))  # once, not with every batch
-        self._jitted = jax.jit(_network, static_argnames=("model", "precision"),
-                               compiler_options=kernels.compiler_options(jax.devices()))
+        self._jitted = jax.jit(
+            _network, static_argnames=("model", "precision"), compiler_options=kernels.compiler_options(jax.devices())
+        )
 
     def network(self, x):
         """`(logits, pool3)` of a batch already at 299 in [-1, 1]; any batch size (each compiles once)."""
@@ -183,12 +200,18 @@ class FeatureExtractor:
             images = images.astype(np.float32)
         n = len(images)
         batch = max(1, min(self.batch_size, n))
-        parts = [(i, self._dispatch(images[i:i + batch], batch)) for i in range(0, n, batch)]
-        out = [np.asarray(p)[:min(batch, n - i)] for i, p in parts]
+        parts = [(i, self._dispatch(images[i : i + batch], batch)) for i in range(0, n, batch)]
+        out = [np.asarray(p)[: min(batch, n - i)] for i, p in parts]
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
-    def features_of_files(self, files: Sequence[str | os.PathLike], *, num_workers: int | None = None,
-                          progress: bool = True, desc: str | None = None) -> np.ndarray:
+    def features_of_files(
+        self,
+        files: Sequence[str | os.PathLike],
+        *,
+        num_workers: int | None = None,
+        progress: bool = True,
+        desc: str | None = None,
+    ) -> np.ndarray:
         """(N, 2048) float32 features of image files, in the order given.
 
         Files are decoded on `num_workers` threads a few batches ahead of the device; images of the same
@@ -213,7 +236,7 @@ class FeatureExtractor:
 
         def collect():
             indices, feats = in_flight.popleft()
-            out[indices] = np.asarray(feats)[:len(indices)]
+            out[indices] = np.asarray(feats)[: len(indices)]
             bar.update(len(indices))
 
         try:
@@ -262,18 +285,25 @@ def _load_ahead(files, num_workers, ahead):
 
 # --- Files and statistics ---------------------------------------------------------------------------
 
+
 def list_images(folder: str | os.PathLike) -> list[pathlib.Path]:
     """The folder's image files as pytorch-fid lists them: not recursive, the extension after the last
     dot in `IMAGE_EXTENSIONS` (case-sensitive, as its glob on Linux: `A.PNG` is skipped), sorted."""
     folder = pathlib.Path(folder)
-    return sorted(p for p in folder.iterdir()
-                  if "." in p.name and p.name.rsplit(".", 1)[1] in IMAGE_EXTENSIONS and p.is_file())
+    return sorted(
+        p for p in folder.iterdir() if "." in p.name and p.name.rsplit(".", 1)[1] in IMAGE_EXTENSIONS and p.is_file()
+    )
 
 
 def _skipped_upper_case(folder: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if "." in p.name and p.is_file()
-                  and p.name.rsplit(".", 1)[1] not in IMAGE_EXTENSIONS
-                  and p.name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS)
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if "." in p.name
+        and p.is_file()
+        and p.name.rsplit(".", 1)[1] not in IMAGE_EXTENSIONS
+        and p.name.rsplit(".", 1)[1].lower() in IMAGE_EXTENSIONS
+    )
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -295,8 +325,10 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path) as f:  # allow_pickle stays False: an npz cannot run code here
             if not {"mu", "sigma"} <= set(f.files):
-                raise FIDInputError(f"{path!r} holds {sorted(f.files)}, but FID statistics need the arrays 'mu' "
-                                    "and 'sigma'; write them with --save-stats")
+                raise FIDInputError(
+                    f"{path!r} holds {sorted(f.files)}, but FID statistics need the arrays 'mu' "
+                    "and 'sigma'; write them with --save-stats"
+                )
             mu, sigma = np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64)
     except FIDInputError:
         raise
@@ -325,14 +357,17 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)  # handled just below
         root = scipy.linalg.sqrtm(sigma1 @ sigma2)
         if not np.isfinite(root).all():
-            print(f"FID: the covariance product is singular; retrying with {eps} added to both diagonals",
-                  file=sys.stderr)
+            print(
+                f"FID: the covariance product is singular; retrying with {eps} added to both diagonals", file=sys.stderr
+            )
             shift = eps * np.eye(len(sigma1))
             root = scipy.linalg.sqrtm((sigma1 + shift) @ (sigma2 + shift))
     if np.iscomplexobj(root):
         if not np.allclose(np.diagonal(root).imag, 0.0, atol=1e-3):
-            raise ValueError(f"the square root of the covariance product has an imaginary part of up to "
-                             f"{np.abs(root.imag).max():.3g}; the statistics are not valid covariances")
+            raise ValueError(
+                f"the square root of the covariance product has an imaginary part of up to "
+                f"{np.abs(root.imag).max():.3g}; the statistics are not valid covariances"
+            )
         root = root.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
@@ -348,16 +383,21 @@ def _folder_images(folder: str) -> list[pathlib.Path]:
     files = list_images(folder)
     skipped = _skipped_upper_case(pathlib.Path(folder))
     if skipped:
-        print(f"note: skipping {len(skipped)} file(s) in {folder!r} whose extension is not lower case "
-              f"(e.g. {skipped[0]!r}), as pytorch-fid does on Linux; rename them to include them", file=sys.stderr)
+        print(
+            f"note: skipping {len(skipped)} file(s) in {folder!r} whose extension is not lower case "
+            f"(e.g. {skipped[0]!r}), as pytorch-fid does on Linux; rename them to include them",
+            file=sys.stderr,
+        )
     if len(files) < 2:
         raise FIDInputError(
             f"folder {folder!r} has {len(files)} image file(s); FID's covariance needs at least 2 "
-            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return files
 
 
 # --- Command line -----------------------------------------------------------------------------------
+
 
 def _resolve(path: str):
     """('npz', (mu, sigma)) or ('folder', files), checked without touching the network."""
@@ -383,9 +423,11 @@ def _note_unofficial_weights(path: str) -> None:
             digest.update(chunk)
     expected = FID_WEIGHTS_NAME.rsplit("-", 1)[1].split(".")[0]
     if not digest.hexdigest().startswith(expected):
-        print(f"note: {path!r} is not pytorch-fid's {FID_WEIGHTS_NAME} (its SHA-256 begins "
-              f"{digest.hexdigest()[:8]}, not {expected}); scores from it are not comparable with published FIDs",
-              file=sys.stderr)
+        print(
+            f"note: {path!r} is not pytorch-fid's {FID_WEIGHTS_NAME} (its SHA-256 begins "
+            f"{digest.hexdigest()[:8]}, not {expected}); scores from it are not comparable with published FIDs",
+            file=sys.stderr,
+        )
 
 
 def _run(args) -> None:
@@ -406,8 +448,10 @@ def _run(args) -> None:
     dims = [len(value[0]) if kind == "npz" else FEATURE_DIM for kind, value in sources]
     if len(set(dims)) > 1:
         shown = ", ".join(f"{p!r}: {d}" for p, d in zip(paths, dims))
-        raise FIDInputError(f"the two sides have different feature dimensions ({shown}); FID compares "
-                            f"{FEATURE_DIM}-d pool3 statistics on both sides")
+        raise FIDInputError(
+            f"the two sides have different feature dimensions ({shown}); FID compares "
+            f"{FEATURE_DIM}-d pool3 statistics on both sides"
+        )
 
     extractor = None
     if any(kind == "folder" for kind, _ in sources):
@@ -420,10 +464,14 @@ def _run(args) -> None:
             stats.append(value)
         else:
             if len(value) <= FEATURE_DIM:
-                print(f"note: {len(value)} images in {path!r} give a covariance of rank < {FEATURE_DIM}; FID is biased "
-                      "and unstable at that size (papers use 10,000-50,000 images)", file=sys.stderr)
-            features = extractor.features_of_files(value, num_workers=args.num_workers,
-                                                   progress=not args.no_progress, desc=path)
+                print(
+                    f"note: {len(value)} images in {path!r} give a covariance of rank < {FEATURE_DIM}; FID is biased "
+                    "and unstable at that size (papers use 10,000-50,000 images)",
+                    file=sys.stderr,
+                )
+            features = extractor.features_of_files(
+                value, num_workers=args.num_workers, progress=not args.no_progress, desc=path
+            )
             stats.append(feature_statistics(features))
     if args.save_stats:
         save_statistics(args.path[1], *stats[0])
@@ -435,12 +483,20 @@ def _run(args) -> None:
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="inception-fid",
-        description="FID between two folders of images or .npz statistics files, as pytorch-fid computes it.")
-    parser.add_argument("path", nargs=2, help="folders of images or .npz statistics (keys mu, sigma); with "
-                        "--save-stats: the folder, then the .npz to write")
-    parser.add_argument("--weights", default=None,
-                        help=f"pytorch-fid's {FID_WEIGHTS_NAME} (from {FID_WEIGHTS_URL}) or a .msgpack "
-                             "converted from it; not needed when both paths are .npz")
+        description="FID between two folders of images or .npz statistics files, as pytorch-fid computes it.",
+    )
+    parser.add_argument(
+        "path",
+        nargs=2,
+        help="folders of images or .npz statistics (keys mu, sigma); with "
+        "--save-stats: the folder, then the .npz to write",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help=f"pytorch-fid's {FID_WEIGHTS_NAME} (from {FID_WEIGHTS_URL}) or a .msgpack "
+        "converted from it; not needed when both paths are .npz",
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call")
     parser.add_argument("--save-stats", action="store_true", help="write the first path's statistics to the second")
     parser.add_argument("--num-workers", type=int, default=None, help="image-decoding threads (default: min(8, CPUs))")

@@ -96,13 +96,29 @@ def _load_sweep(directory: str) -> StudyRuns:
         status = rec["status"]
         if status != "done" and rundir.is_finished(workdir):
             status = "done"  # finished by a SLURM array task since the manifest was written
-        runs.append(RunResult(
-            name=rec["name"], workdir=workdir, overrides=rec["overrides"], status=status,
-            records=rundir.read_metrics(workdir), config=rundir.read_config(workdir) or {},
-            exit_code=rec.get("exit_code"), error=rec.get("error"), wall_time_s=rec.get("wall_time_s"),
-            params=rec.get("params"), gmacs=rec.get("gmacs")))
-    return StudyRuns(manifest.get("study", os.path.basename(directory)), directory, runs, manifest,
-                     tuple(manifest.get("compare_within", ())), _settings_in_order(runs))
+        runs.append(
+            RunResult(
+                name=rec["name"],
+                workdir=workdir,
+                overrides=rec["overrides"],
+                status=status,
+                records=rundir.read_metrics(workdir),
+                config=rundir.read_config(workdir) or {},
+                exit_code=rec.get("exit_code"),
+                error=rec.get("error"),
+                wall_time_s=rec.get("wall_time_s"),
+                params=rec.get("params"),
+                gmacs=rec.get("gmacs"),
+            )
+        )
+    return StudyRuns(
+        manifest.get("study", os.path.basename(directory)),
+        directory,
+        runs,
+        manifest,
+        tuple(manifest.get("compare_within", ())),
+        _settings_in_order(runs),
+    )
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
@@ -125,8 +141,14 @@ def _load_plain(directory: str, workdirs: list[str]) -> StudyRuns:
     varying = [k for k in keys if len({json.dumps(c.get(k), default=str) for c in configs.values()}) > 1]
     runs = []
     for d in workdirs:
-        run = RunResult(os.path.basename(d), d, {k: configs[d].get(k) for k in varying}, "unknown",
-                        rundir.read_metrics(d), rundir.read_config(d) or {})
+        run = RunResult(
+            os.path.basename(d),
+            d,
+            {k: configs[d].get(k) for k in varying},
+            "unknown",
+            rundir.read_metrics(d),
+            rundir.read_config(d) or {},
+        )
         run.status = "done" if run.final() else "unfinished"
         runs.append(run)
     return StudyRuns(os.path.basename(os.path.abspath(directory)), directory, runs, None, (), _settings_in_order(runs))
@@ -194,11 +216,19 @@ def finals(study: StudyRuns, metric: str = "eval/top1") -> pd.DataFrame:
         for run in study.runs:
             final = run.final() if run.setting == setting else None
             if final is not None:
-                records.append({
-                    "setting_index": i, "setting": label(setting), "seed": run.overrides.get("seed"),
-                    "metric": _num(final.get(metric)), "top1": _num(final.get("eval/top1")),
-                    "top5": _num(final.get("eval/top5")), "train_loss": _final_train_loss(run),
-                    "images_per_sec": _images_per_sec(run), "wall_time_s": _num(run.wall_time_s)})
+                records.append(
+                    {
+                        "setting_index": i,
+                        "setting": label(setting),
+                        "seed": run.overrides.get("seed"),
+                        "metric": _num(final.get(metric)),
+                        "top1": _num(final.get("eval/top1")),
+                        "top5": _num(final.get("eval/top5")),
+                        "train_loss": _final_train_loss(run),
+                        "images_per_sec": _images_per_sec(run),
+                        "wall_time_s": _num(run.wall_time_s),
+                    }
+                )
     frame = pd.DataFrame(records, columns=["setting_index", "setting", "seed", *_STATS])
     return frame.astype({k: float for k in _STATS} | {"setting_index": int})
 
@@ -214,11 +244,18 @@ def rows_of(study: StudyRuns, metric: str = "eval/top1") -> list[dict]:
     for i, setting in enumerate(study.settings):
         runs = [r for r in study.runs if r.setting == setting]
         done = frame[frame["setting_index"] == i]
-        row = {"study": study.name, "setting": label(setting), "label": label(setting, keys),
-               "overrides": setting, "runs": len(runs), "seeds": len(done),
-               "failed": sum(r.status == "failed" for r in runs),
-               "unfinished": sum(r.final() is None and r.status != "failed" for r in runs),
-               "metric": metric, "values": done["metric"].tolist()}
+        row = {
+            "study": study.name,
+            "setting": label(setting),
+            "label": label(setting, keys),
+            "overrides": setting,
+            "runs": len(runs),
+            "seeds": len(done),
+            "failed": sum(r.status == "failed" for r in runs),
+            "unfinished": sum(r.final() is None and r.status != "failed" for r in runs),
+            "metric": metric,
+            "values": done["metric"].tolist(),
+        }
         for name in ("metric", "top1", "top5", "train_loss"):
             row[f"{name}_mean"] = _stat(stats.at[i, (name, "mean")])
             row[f"{name}_std"] = _stat(stats.at[i, (name, "std")])
@@ -251,8 +288,10 @@ def _pairs(study: StudyRuns, rows: list[dict]) -> list[tuple[dict, dict]]:
     for j, b in enumerate(rows):
         earlier = [a for a in rows[:j] if group(a["overrides"]) == group(b["overrides"])]
         if earlier:
-            diff = lambda a, b=b: sum(a["overrides"].get(k, "<unset>") != b["overrides"].get(k, "<unset>")
-                                      for k in set(a["overrides"]) | set(b["overrides"]))
+            diff = lambda a, b=b: sum(
+                a["overrides"].get(k, "<unset>") != b["overrides"].get(k, "<unset>")
+                for k in set(a["overrides"]) | set(b["overrides"])
+            )
             pairs.append((min(earlier, key=diff), b))
     return pairs
 
@@ -274,8 +313,10 @@ def compare(a: dict, b: dict) -> str:
     """One sentence: is `b`'s mean different from `a`'s by more than the seed-to-seed spread?"""
     metric, pct = b["metric"], _is_fraction(b["metric"])
     unit = " points" if pct else ""
-    head = (f"`{b['label']}` vs `{a['label']}`: {metric} {_fmt(b['metric_mean'], b['metric_std'], pct)} vs "
-            f"{_fmt(a['metric_mean'], a['metric_std'], pct)} ({b['seeds']} and {a['seeds']} seeds)")
+    head = (
+        f"`{b['label']}` vs `{a['label']}`: {metric} {_fmt(b['metric_mean'], b['metric_std'], pct)} vs "
+        f"{_fmt(a['metric_mean'], a['metric_std'], pct)} ({b['seeds']} and {a['seeds']} seeds)"
+    )
     va, vb = [v for v in a["values"] if not math.isnan(v)], [v for v in b["values"] if not math.isnan(v)]
     if len(va) < 2 or len(vb) < 2:
         return head + "; no verdict: each setting needs at least 2 finished seeds."
@@ -287,8 +328,10 @@ def compare(a: dict, b: dict) -> str:
     t, df, p = welch(vb, va)
     if p < ALPHA:
         return f"{head}; larger than the seed-to-seed spread (Welch's t = {t:.2f}, df = {df:.1f}, p = {p:.3f})."
-    return (f"{head}; within the seed-to-seed spread (Welch's t = {t:.2f}, df = {df:.1f}, p = {p:.2f}): "
-            "these seeds cannot tell the two apart.")
+    return (
+        f"{head}; within the seed-to-seed spread (Welch's t = {t:.2f}, df = {df:.1f}, p = {p:.2f}): "
+        "these seeds cannot tell the two apart."
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -299,8 +342,9 @@ def compare(a: dict, b: dict) -> str:
 def curve(runs: list[RunResult], key: str) -> tuple[list[int], list[float], list[float]]:
     """(steps, mean, std) of `key` over the finished runs (all runs when none has finished)."""
     chosen = [r for r in runs if r.final() is not None] or runs
-    points = pd.DataFrame([(r["step"], _num(r[key])) for run in chosen for r in run.records if key in r],
-                          columns=["step", "value"]).dropna()
+    points = pd.DataFrame(
+        [(r["step"], _num(r[key])) for run in chosen for r in run.records if key in r], columns=["step", "value"]
+    ).dropna()
     if points.empty:
         return [], [], []
     by_step = points.groupby("step")["value"].agg(["mean", "std"])  # sorted by step
@@ -340,8 +384,13 @@ def plot(study: StudyRuns, rows: list[dict], out: str, metric: str) -> list[str]
             if not steps:
                 continue
             (line,) = ax.plot(steps, mean, marker="o" if len(steps) < 15 else None, ms=3, label=row["label"])
-            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                            color=line.get_color(), alpha=0.2)
+            ax.fill_between(
+                steps,
+                [m - s for m, s in zip(mean, std)],
+                [m + s for m, s in zip(mean, std)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
     for ax, key in zip(axes, (metric, "train/loss")):
         ax.set_xlabel("step")
         ax.set_ylabel(key)
@@ -359,8 +408,7 @@ def plot(study: StudyRuns, rows: list[dict], out: str, metric: str) -> list[str]
     if points:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for r in points:
-            ax.errorbar(r["gmacs"], r["metric_mean"], yerr=r["metric_std"] or 0.0, fmt="o", capsize=3,
-                        label=r["label"])
+            ax.errorbar(r["gmacs"], r["metric_mean"], yerr=r["metric_std"] or 0.0, fmt="o", capsize=3, label=r["label"])
         gmacs = [r["gmacs"] for r in points]
         if max(gmacs) > 5 * min(gmacs):
             ax.set_xscale("log")
@@ -386,33 +434,60 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
     m = study.manifest
     if m:
         commits = sorted({r.get("commit") for r in m["runs"] if r.get("commit")})
-        lines += [(f"Study `{os.path.relpath(m['study_file'], m['root'])}` on `{m['base_config']}`; "
-                   f"command: `{m['command']}`."),
-                  (f"Runs started from commit{'s' if len(commits) > 1 else ''} "
-                   f"{', '.join(f'`{c}`' for c in commits) or 'unknown'}."), ""]
+        lines += [
+            (
+                f"Study `{os.path.relpath(m['study_file'], m['root'])}` on `{m['base_config']}`; "
+                f"command: `{m['command']}`."
+            ),
+            (
+                f"Runs started from commit{'s' if len(commits) > 1 else ''} "
+                f"{', '.join(f'`{c}`' for c in commits) or 'unknown'}."
+            ),
+            "",
+        ]
         if m.get("overrides"):
-            lines += ["Every run: " + ", ".join(f"`{k}={_show(v)}`" for k, v in m["overrides"].items())
-                      + "".join(f", `{k}={v}`" for k, v in m.get("flags", {}).items()) + ".", ""]
+            lines += [
+                "Every run: "
+                + ", ".join(f"`{k}={_show(v)}`" for k, v in m["overrides"].items())
+                + "".join(f", `{k}={v}`" for k, v in m.get("flags", {}).items())
+                + ".",
+                "",
+            ]
     pct = _is_fraction(metric)
     extra = metric not in ("eval/top1", "eval/top5")
-    header = ["setting", "seeds", "top-1 %", "top-5 %"] + ([metric] if extra else []) + \
-        ["train loss", "params", "GMACs", "img/s", "wall s", "failed"]
+    header = (
+        ["setting", "seeds", "top-1 %", "top-5 %"]
+        + ([metric] if extra else [])
+        + ["train loss", "params", "GMACs", "img/s", "wall s", "failed"]
+    )
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
-        cells = [f"`{r['label']}`", f"{r['seeds']}/{r['runs']}", _fmt(r["top1_mean"], r["top1_std"], True),
-                 _fmt(r["top5_mean"], r["top5_std"], True)]
+        cells = [
+            f"`{r['label']}`",
+            f"{r['seeds']}/{r['runs']}",
+            _fmt(r["top1_mean"], r["top1_std"], True),
+            _fmt(r["top5_mean"], r["top5_std"], True),
+        ]
         if extra:
             cells.append(_fmt(r["metric_mean"], r["metric_std"], pct))
-        cells += [_fmt(r["train_loss_mean"], r["train_loss_std"], False),
-                  f"{r['params']:,}" if r["params"] is not None else "-",
-                  f"{r['gmacs']:.4f}" if r["gmacs"] is not None else "-",
-                  f"{r['images_per_sec']:.0f}" if r["images_per_sec"] is not None else "-",
-                  f"{r['wall_time_s']:.0f}" if r["wall_time_s"] is not None else "-",
-                  str(r["failed"]) + (f" ({r['unfinished']} unfinished)" if r["unfinished"] else "")]
+        cells += [
+            _fmt(r["train_loss_mean"], r["train_loss_std"], False),
+            f"{r['params']:,}" if r["params"] is not None else "-",
+            f"{r['gmacs']:.4f}" if r["gmacs"] is not None else "-",
+            f"{r['images_per_sec']:.0f}" if r["images_per_sec"] is not None else "-",
+            f"{r['wall_time_s']:.0f}" if r["wall_time_s"] is not None else "-",
+            str(r["failed"]) + (f" ({r['unfinished']} unfinished)" if r["unfinished"] else ""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", ("Mean ± sample standard deviation over the finished seeds; final eval after the last step. "
-                   "Train loss: the last logging window. img/s: median training throughput after the first "
-                   "window (which includes compiling). Wall s: per run, all attempts, start-up included."), ""]
+    lines += [
+        "",
+        (
+            "Mean ± sample standard deviation over the finished seeds; final eval after the last step. "
+            "Train loss: the last logging window. img/s: median training throughput after the first "
+            "window (which includes compiling). Wall s: per run, all attempts, start-up included."
+        ),
+        "",
+    ]
     pairs = _pairs(study, rows)
     if pairs:
         lines += [f"Comparisons (Welch's t-test on the per-seed final {metric}, two-sided, p < {ALPHA}):", ""]
@@ -429,9 +504,15 @@ def write_report(path: str, out: str | None = None, metric: str = "eval/top1") -
     studies = load_studies(path)
     out = out or path
     os.makedirs(out, exist_ok=True)
-    lines = ["# Experiment report", "",
-             (f"Generated by `inception-report` from {sum(len(s.runs) for s in studies)} runs "
-              f"in {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}."), ""]
+    lines = [
+        "# Experiment report",
+        "",
+        (
+            f"Generated by `inception-report` from {sum(len(s.runs) for s in studies)} runs "
+            f"in {len(studies)} stud{'y' if len(studies) == 1 else 'ies'}."
+        ),
+        "",
+    ]
     for study in studies:
         rows = rows_of(study, metric)
         lines += _study_section(study, rows, plot(study, rows, out, metric), out, metric)

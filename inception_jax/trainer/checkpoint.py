@@ -40,6 +40,7 @@ def host_copy(tree):
     returns. A leaf split over the mesh has no full copy on any one process; orbax writes it shard by
     shard from the `jax.Array` (copied first, so donation cannot delete it mid-save).
     """
+
     def leaf(x):
         if not isinstance(x, jax.Array):
             return x
@@ -123,7 +124,8 @@ class Checkpointer:
             raise CheckpointWriteError(
                 f"writing a checkpoint {which}to {self.directory} failed ({type(e).__name__}: "
                 f"{_first_line(e)}); the earlier checkpoints (steps {kept}) are intact. Free disk space or "
-                "fix the directory's permissions, then re-run the same command to resume.") from e
+                "fix the directory's permissions, then re-run the same command to resume."
+            ) from e
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -142,8 +144,12 @@ class Checkpointer:
                 state = meta = None
                 problem = f"{type(e).__name__}: {_first_line(e)}"
             if not parallel.all_processes(problem is None):
-                log.warning("checkpoint at step %d in %s cannot be restored (%s); trying an older one",
-                            step, self.directory, problem or "another process could not read it")
+                log.warning(
+                    "checkpoint at step %d in %s cannot be restored (%s); trying an older one",
+                    step,
+                    self.directory,
+                    problem or "another process could not read it",
+                )
                 self.skipped.append(step)
                 continue
             return step, state, meta
@@ -158,7 +164,8 @@ class Checkpointer:
             if missing:  # restore what the checkpoint has, as the dict orbax stored the dataclass as
                 target = {name: getattr(abstract_state, name) for name in fields if name not in missing}
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+        )
         state, meta = restored["state"], dict(restored["meta"])
         if missing:  # the dataclass again, with None (no leaves: the digest sees the saved tree) for the rest
             state = abstract_state.replace(**state, **{name: None for name in missing})
@@ -214,9 +221,11 @@ def load_init_variables(path: str) -> dict:
     if not os.path.isdir(directory):
         raise FileNotFoundError(
             f"config.init_from={path!r} is neither a weight file nor a run directory; pass a .msgpack "
-            "from `inception-convert` or a previous run's workdir")
-    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+            "from `inception-convert` or a previous run's workdir"
+        )
+    manager = ocp.CheckpointManager(
+        directory, item_names=("state", "meta"), options=ocp.CheckpointManagerOptions(read_only=True)
+    )
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"config.init_from={path!r} holds no checkpoint")
@@ -236,8 +245,10 @@ def merge_init_variables(target: dict, loaded: dict) -> tuple[dict, list[str]]:
     flat_l = traverse_util.flatten_dict(loaded)
     missing = sorted("/".join(k) for k in flat_t if k not in flat_l)
     if missing:
-        raise ValueError(f"config.init_from lacks {len(missing)} variables of this model, e.g. {missing[:5]}; "
-                         "was it made for another variant or other model options?")
+        raise ValueError(
+            f"config.init_from lacks {len(missing)} variables of this model, e.g. {missing[:5]}; "
+            "was it made for another variant or other model options?"
+        )
     merged, reinit, bad = {}, [], []
     for k, v in flat_t.items():
         src = flat_l[k]

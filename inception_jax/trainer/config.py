@@ -196,8 +196,9 @@ def rethinking_2016(c: ml_collections.ConfigDict, model: str = "inception_v3") -
     per-replica BatchNorm, the aux head weighted 0.4 (TF-slim). `inception_v3` adds Table 3's RMSProp
     (decay 0.9, epsilon 1.0) and label smoothing 0.1 to `inception_v2`'s momentum SGD."""
     if model not in ("inception_v3", "inception_v2"):
-        raise ValueError(f"configs/inception_v3.py: model={model!r}; the Rethinking recipe trains "
-                         "inception_v3 or inception_v2")
+        raise ValueError(
+            f"configs/inception_v3.py: model={model!r}; the Rethinking recipe trains inception_v3 or inception_v2"
+        )
     c.model.name = model
     c.model.aux_logits = True
     c.model.dropout_rate = 0.2  # TF-slim's keep_prob 0.8 (REFERENCES.md §1.2)
@@ -222,8 +223,10 @@ def inception_v4_2017(c: ml_collections.ConfigDict, model: str = "inception_v4")
     v3's 2.0), Polyak averaging, batch 32 x 20 replicas; label smoothing 0.1 and an aux head weighted
     0.4 as TF-slim trains them (IR-v1 has no aux head in any reference)."""
     if model not in ("inception_v4", "inception_resnet_v2", "inception_resnet_v1"):
-        raise ValueError(f"configs/inception_v4.py: model={model!r}; the v4 paper's recipe trains "
-                         "inception_v4, inception_resnet_v2 or inception_resnet_v1")
+        raise ValueError(
+            f"configs/inception_v4.py: model={model!r}; the v4 paper's recipe trains "
+            "inception_v4, inception_resnet_v2 or inception_resnet_v1"
+        )
     c.model.name = model
     c.model.aux_logits = model != "inception_resnet_v1"
     c.model.dropout_rate = 0.2  # TF-slim keep_prob 0.8

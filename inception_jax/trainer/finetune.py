@@ -50,7 +50,7 @@ def parse_trainable(value: str) -> tuple[str, Any]:
     if text in ("all", "head"):
         return text, None
     if text.startswith("last:"):
-        k = text[len("last:"):]
+        k = text[len("last:") :]
         if not k.isdigit() or int(k) < 1:
             raise ValueError(f"config.trainable={value!r}: 'last:K' takes a whole number K >= 1, e.g. 'last:2'")
         return "last", int(k)
@@ -96,7 +96,8 @@ class Plan:
     def zero_frozen(self, grads) -> Any:
         """Frozen leaves' gradients replaced by zeros, so nothing downstream reads (or computes) them."""
         return jax.tree_util.tree_map_with_path(
-            lambda path, g: jnp.zeros_like(g) if self.label(path[0].key) == FROZEN else g, grads)
+            lambda path, g: jnp.zeros_like(g) if self.label(path[0].key) == FROZEN else g, grads
+        )
 
     def wrap(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
         """`tx` over the trainable leaves only, frozen leaves set to zero, backbone updates scaled. Without
@@ -104,8 +105,7 @@ class Plan:
         optimizer state keeps the shape of an ordinary run's."""
         if self.frozen:
             # One `tx` over head and backbone together: clipping and the optimizer see every trainable leaf.
-            trains = lambda params: jax.tree.map(lambda lab: FROZEN if lab == FROZEN else "train",
-                                                 self.labels(params))
+            trains = lambda params: jax.tree.map(lambda lab: FROZEN if lab == FROZEN else "train", self.labels(params))
             tx = optax.multi_transform({"train": tx, FROZEN: optax.set_to_zero()}, trains)
         if self.backbone_lr_multiplier != 1.0:
             m = self.backbone_lr_multiplier
@@ -113,7 +113,8 @@ class Plan:
             def scale_backbone(updates, params=None):
                 del params
                 return jax.tree_util.tree_map_with_path(
-                    lambda path, u: u * m if self.label(path[0].key) == BACKBONE else u, updates)
+                    lambda path, u: u * m if self.label(path[0].key) == BACKBONE else u, updates
+                )
 
             tx = optax.chain(tx, optax.stateless(scale_backbone))
         return tx
@@ -137,30 +138,38 @@ def make_plan(config, model: nn.Module, image_size: int) -> Plan:
     """The Plan for `config`; ValueError naming the field and the valid choices on a bad value."""
     mult = config.get("backbone_lr_multiplier", 1.0)
     if not (isinstance(mult, (int, float)) and mult > 0):
-        raise ValueError(f"config.backbone_lr_multiplier must be > 0 (1.0: same as the head), got {mult!r}; "
-                         "to hold the backbone fixed use config.trainable='head'")
+        raise ValueError(
+            f"config.backbone_lr_multiplier must be > 0 (1.0: same as the head), got {mult!r}; "
+            "to hold the backbone fixed use config.trainable='head'"
+        )
     kind, arg = parse_trainable(config.get("trainable", "all"))
     frozen: frozenset[str] = frozenset()
     if kind in ("last", "names") and getattr(model, "scan_blocks", False):
-        raise ValueError(f"config.trainable={config.get('trainable')!r} picks blocks, but with "
-                         "config.model.scan_blocks=True each stage's blocks are one module; fine-tune with "
-                         "scan_blocks=False (init_from loads weights of either layout)")
+        raise ValueError(
+            f"config.trainable={config.get('trainable')!r} picks blocks, but with "
+            "config.model.scan_blocks=True each stage's blocks are one module; fine-tune with "
+            "scan_blocks=False (init_from loads weights of either layout)"
+        )
     if kind != "all":
         blocks = blocks_in_order(model, image_size)
         if kind == "head":
             keep: list[str] = []
         elif kind == "last":
             if arg > len(blocks):
-                raise ValueError(f"config.trainable='last:{arg}': {config.model.name} has only {len(blocks)} "
-                                 f"blocks before its head ({', '.join(blocks)})")
+                raise ValueError(
+                    f"config.trainable='last:{arg}': {config.model.name} has only {len(blocks)} "
+                    f"blocks before its head ({', '.join(blocks)})"
+                )
             keep = blocks[-arg:]
         else:
             unknown = [n for n in arg if n not in blocks and not is_head(n)]
             if unknown:
                 close = difflib.get_close_matches(unknown[0], blocks, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"config.trainable names {unknown[0]!r}, which is not a block of "
-                                 f"{config.model.name}.{hint} Blocks: {', '.join(blocks)}")
+                raise ValueError(
+                    f"config.trainable names {unknown[0]!r}, which is not a block of "
+                    f"{config.model.name}.{hint} Blocks: {', '.join(blocks)}"
+                )
             keep = list(arg)
         frozen = frozenset(b for b in blocks if b not in keep)
     return Plan(frozen=frozen, freeze_bn=bool(config.get("freeze_bn", False)), backbone_lr_multiplier=float(mult))

@@ -21,15 +21,24 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 # New fields are let through the flag parser so that `validation.validated` can reject a misspelt
 # one with a suggestion, and can accept any model option (`--config.model.aux_logits=True`).
-config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/ (optionally :arg).",
-                                lock_config=False, accept_new_attributes=True)
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Path to a config file in configs/ (optionally :arg).",
+    lock_config=False,
+    accept_new_attributes=True,
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard logs.")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, to join a cluster by hand.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in the cluster (with --coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) (with --coordinator_address).")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "auto: join a cluster when flags, JAX_* variables or a multi-process SLURM/Open MPI/Cloud TPU "
-                  "launch say so; on: always let JAX detect the cluster; off: run as a single process.")
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "auto: join a cluster when flags, JAX_* variables or a multi-process SLURM/Open MPI/Cloud TPU "
+    "launch say so; on: always let JAX detect the cluster; off: run as a single process.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,8 +63,9 @@ def main(argv) -> int:
     from inception_jax.trainer import checkpoint, parallel, train, validation
 
     try:  # before anything touches a device: joining a cluster must come first
-        parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                        mode=FLAGS.distributed)
+        parallel.initialize_distributed(
+            FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, mode=FLAGS.distributed
+        )
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ import numpy as np
 from inception_jax.trainer import rundir
 
 
-
 def _jsonable(value):
     value = np.asarray(value).item() if np.ndim(value) == 0 else np.asarray(value).tolist()
     if isinstance(value, float) and not math.isfinite(value):

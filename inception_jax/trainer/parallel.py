@@ -18,13 +18,14 @@ import dataclasses
 import os
 import sys
 import threading
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 DISTRIBUTED_MODES = ("auto", "on", "off")
@@ -103,8 +104,13 @@ def local_device_ids(launcher: str | None) -> list[int] | None:
     return list(range(count)) if count > 1 else None
 
 
-def cluster_spec(coordinator_address: str | None = None, num_processes: int | None = None,
-                 process_id: int | None = None, *, mode: str = "auto") -> ClusterSpec | None:
+def cluster_spec(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    mode: str = "auto",
+) -> ClusterSpec | None:
     """Whether and how to join a cluster: None means "run as a single process".
 
     Explicit values (flags) come first, then `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and
@@ -120,13 +126,17 @@ def cluster_spec(coordinator_address: str | None = None, num_processes: int | No
     count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
     index = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
     if address or count is not None or index is not None:
-        missing = [name for name, v in (("--coordinator_address", address), ("--num_processes", count),
-                                        ("--process_id", index)) if v is None]
+        missing = [
+            name
+            for name, v in (("--coordinator_address", address), ("--num_processes", count), ("--process_id", index))
+            if v is None
+        ]
         if missing:
             raise ValueError(
                 f"joining a cluster by hand needs --coordinator_address, --num_processes and --process_id "
                 f"(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); missing: {', '.join(missing)}. "
-                "Under SLURM, Open MPI or on a Cloud TPU pod, set none of them: JAX finds its peers.")
+                "Under SLURM, Open MPI or on a Cloud TPU pod, set none of them: JAX finds its peers."
+            )
         if not 0 <= index < count:
             raise ValueError(f"--process_id={index} must be in [0, --num_processes={count})")
         return None if count == 1 else ClusterSpec(address, count, index, "explicit")
@@ -136,8 +146,14 @@ def cluster_spec(coordinator_address: str | None = None, num_processes: int | No
     return ClusterSpec(launcher="forced") if mode == "on" else None
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, *, mode: str = "auto", timeout_s: int | None = None) -> bool:
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    mode: str = "auto",
+    timeout_s: int | None = None,
+) -> bool:
     """Joins the cluster `cluster_spec` describes, once per process; returns whether this is a cluster run.
 
     Calling it again (a second `train_and_evaluate` in a notebook) is harmless. A peer that never
@@ -150,34 +166,49 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     if spec is None:
         return False
     timeout_s = int(timeout_s or _env_int("JAX_INITIALIZATION_TIMEOUT") or 300)
-    who = (f"process {spec.process_id} of {spec.num_processes} at {spec.coordinator_address}"
-           if spec.launcher == "explicit" else f"a {spec.launcher} cluster (addresses from JAX's detection)")
+    who = (
+        f"process {spec.process_id} of {spec.num_processes} at {spec.coordinator_address}"
+        if spec.launcher == "explicit"
+        else f"a {spec.launcher} cluster (addresses from JAX's detection)"
+    )
     print(f"joining {who}; waiting up to {timeout_s} s for every process", file=sys.stderr, flush=True)
     joined = threading.Event()
 
     def watchdog():  # JAX aborts with SIGABRT and an RPC error when a peer never comes; say it plainly first
         if not joined.wait(max(timeout_s - 2, 1)):
-            print(f"error: {who}: not every process joined within {timeout_s} s. Start all processes with the "
-                  "same --coordinator_address and --num_processes (each with its own --process_id), check "
-                  "that process 0's host and port are reachable, or raise JAX_INITIALIZATION_TIMEOUT.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"error: {who}: not every process joined within {timeout_s} s. Start all processes with the "
+                "same --coordinator_address and --num_processes (each with its own --process_id), check "
+                "that process 0's host and port are reachable, or raise JAX_INITIALIZATION_TIMEOUT.",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
     threading.Thread(target=watchdog, name="cluster-join-watchdog", daemon=True).start()
     try:
-        jax.distributed.initialize(spec.coordinator_address, spec.num_processes, spec.process_id,
-                                   local_device_ids=local_device_ids(spec.launcher),
-                                   initialization_timeout=timeout_s + 30)
+        jax.distributed.initialize(
+            spec.coordinator_address,
+            spec.num_processes,
+            spec.process_id,
+            local_device_ids=local_device_ids(spec.launcher),
+            initialization_timeout=timeout_s + 30,
+        )
     except RuntimeError as e:
         if "must be called before" not in str(e):  # JAX's word for a backend already in use
             raise
         raise RuntimeError(
             "cannot join a cluster: JAX was already used in this process as a single process. Start "
-            "a fresh process (or notebook kernel) and call train_and_evaluate before anything else uses JAX.") from None
+            "a fresh process (or notebook kernel) and call train_and_evaluate before anything else uses JAX."
+        ) from None
     finally:
         joined.set()
-    print(f"joined: process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local "
-          f"of {jax.device_count()} devices", file=sys.stderr, flush=True)
+    print(
+        f"joined: process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local "
+        f"of {jax.device_count()} devices",
+        file=sys.stderr,
+        flush=True,
+    )
     return jax.process_count() > 1
 
 
@@ -240,8 +271,9 @@ def process_rows(mesh: Mesh, global_batch_size: int) -> tuple[int, int]:
     mesh of `make_mesh` they are one contiguous block.
     """
     index_map = data_sharding(mesh).addressable_devices_indices_map((global_batch_size,))
-    bounds = sorted((s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size)
-                    for s in index_map.values())
+    bounds = sorted(
+        (s[0].start or 0, s[0].stop if s[0].stop is not None else global_batch_size) for s in index_map.values()
+    )
     for (_, stop), (start, _) in zip(bounds, bounds[1:]):
         if start != stop:
             raise ValueError(f"this process's devices hold non-contiguous batch rows {bounds}; use make_mesh")

@@ -104,11 +104,27 @@ def is_finished(workdir: str) -> bool:
     return bool(status) and status.get("status") == FINISHED
 
 
-def write_status(workdir: str, status: str, *, step: int | None, total_steps: int | None,
-                 exit_code: int = 0, error: str | None = None) -> None:
-    write_json(os.path.join(workdir, STATUS_FILE), {
-        "status": status, "step": step, "total_steps": total_steps, "exit_code": exit_code, "error": error,
-        "commit": commit(), "time": now()})
+def write_status(
+    workdir: str,
+    status: str,
+    *,
+    step: int | None,
+    total_steps: int | None,
+    exit_code: int = 0,
+    error: str | None = None,
+) -> None:
+    write_json(
+        os.path.join(workdir, STATUS_FILE),
+        {
+            "status": status,
+            "step": step,
+            "total_steps": total_steps,
+            "exit_code": exit_code,
+            "error": error,
+            "commit": commit(),
+            "time": now(),
+        },
+    )
 
 
 def read_manifest(sweep_dir: str) -> dict | None:
@@ -124,10 +140,15 @@ def commit() -> str | None:
     """The git commit of this package's checkout, `+dirty` when tracked files differ; None outside one."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")

@@ -30,13 +30,11 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from inception_jax.trainer import checkpoint as ckpt_lib
-from inception_jax import kernels
-from inception_jax.trainer import compilation, finetune, rundir
-from inception_jax import losses, optim
-from inception_jax.trainer import metrics as metrics_lib, parallel
-from inception_jax.trainer import validation
+from inception_jax import kernels, losses, optim
 from inception_jax.models import registry, stacking
+from inception_jax.trainer import checkpoint as ckpt_lib
+from inception_jax.trainer import compilation, finetune, parallel, rundir, validation
+from inception_jax.trainer import metrics as metrics_lib
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +92,7 @@ def init_state(model, tx, config, image_size: int, rng) -> TrainState:
 def fill_missing_fields(state: TrainState, config) -> TrainState:
     """Completes a state restored from an older checkpoint (fields it lacks come back as None)."""
     if state.ema_batch_stats is None:
-        state = state.replace(
-            ema_batch_stats=jax.tree.map(jnp.copy, state.batch_stats) if config.ema_decay else {})
+        state = state.replace(ema_batch_stats=jax.tree.map(jnp.copy, state.batch_stats) if config.ema_decay else {})
     return state
 
 
@@ -146,8 +143,14 @@ def _apply_update(state: TrainState, grads, new_batch_stats, tx, config, loss):
         ema_bs = optim.ema_update(state.ema_batch_stats, new_batch_stats, config.ema_decay, state.step)
     grad_norm = kernels.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = state.replace(step=state.step + 1, params=params, batch_stats=new_batch_stats, opt_state=opt_state,
-                        ema_params=ema, ema_batch_stats=ema_bs)
+    new = state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=new_batch_stats,
+        opt_state=opt_state,
+        ema_params=ema,
+        ema_batch_stats=ema_bs,
+    )
     if config.on_nonfinite == "skip":  # everything stays as it was, the step count included
         new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
         new = new.replace(nonfinite_skips=state.nonfinite_skips + (~finite).astype(jnp.int32))
@@ -208,8 +211,17 @@ def kernel_scope(fn, config, mesh, platform: str | None = None):
     return scoped
 
 
-def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: finetune.Plan | None = None,
-                    *, platform: str | None = None):
+def make_train_step(
+    model,
+    tx,
+    schedule,
+    config,
+    num_classes: int,
+    mesh,
+    plan: finetune.Plan | None = None,
+    *,
+    platform: str | None = None,
+):
     """Returns the jitted `train_step(state, batch, base_rng) -> (state, metrics)`; state is donated.
     `plan` (fine-tuning) freezes blocks and BatchNorm; `tx` must already be wrapped by `plan.wrap`.
     `platform`: what to build for, when not the mesh's devices (`jax.export` for another platform)."""
@@ -249,14 +261,22 @@ def make_train_step(model, tx, schedule, config, num_classes: int, mesh, plan: f
         return new_state, metrics_of(state, new_state, loss, parts, top1, grad_norm, finite)
 
     if config.bn_statistics == "per_device":
-        step_fn = jax.shard_map(per_device_step, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P()),
-                                out_specs=(P(), P()), check_vma=False)
+        step_fn = jax.shard_map(
+            per_device_step,
+            mesh=mesh,
+            in_specs=(P(), P(parallel.DATA_AXIS), P()),
+            out_specs=(P(), P()),
+            check_vma=False,
+        )
     else:
         step_fn = global_step
     replicated = parallel.replicated(mesh)
-    return jax.jit(kernel_scope(step_fn, config, mesh, platform), donate_argnums=(0,),
-                   out_shardings=(replicated, replicated),
-                   compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
+    return jax.jit(
+        kernel_scope(step_fn, config, mesh, platform),
+        donate_argnums=(0,),
+        out_shardings=(replicated, replicated),
+        compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")),
+    )
 
 
 def make_eval_step(model, mesh, config, *, platform: str | None = None):
@@ -278,8 +298,11 @@ def make_eval_step(model, mesh, config, *, platform: str | None = None):
             "count": jnp.sum(mask.astype(jnp.int32)),
         }
 
-    return jax.jit(kernel_scope(eval_step, config, mesh, platform), out_shardings=parallel.replicated(mesh),
-                   compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")))
+    return jax.jit(
+        kernel_scope(eval_step, config, mesh, platform),
+        out_shardings=parallel.replicated(mesh),
+        compiler_options=kernels.compiler_options(mesh, config.get("xla_cpu_convolutions", "eigen")),
+    )
 
 
 def evaluate(eval_step, params, batch_stats, eval_batches, mesh) -> dict[str, float]:
@@ -407,18 +430,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
     def batch_spec(batch_size: int, with_mask: bool):
-        spec = {"image": jax.ShapeDtypeStruct((batch_size, image_size, image_size, 3), jnp.uint8,
-                                              sharding=parallel.data_sharding(mesh)),
-                "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=parallel.data_sharding(mesh))}
+        spec = {
+            "image": jax.ShapeDtypeStruct(
+                (batch_size, image_size, image_size, 3), jnp.uint8, sharding=parallel.data_sharding(mesh)
+            ),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=parallel.data_sharding(mesh)),
+        }
         if with_mask:
             spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=parallel.data_sharding(mesh))
         return spec
 
     eval_step = compilation.compile_step(
-        "eval step", make_eval_step(model, mesh, config), state.params, state.batch_stats,
-        batch_spec(config.eval_batch_size, True), announce=announce)
-    eval_batches = functools.partial(pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size,
-                                     rows=eval_rows)
+        "eval step",
+        make_eval_step(model, mesh, config),
+        state.params,
+        state.batch_stats,
+        batch_spec(config.eval_batch_size, True),
+        announce=announce,
+    )
+    eval_batches = functools.partial(
+        pipeline.make_eval_iterator, config, global_batch_size=config.eval_batch_size, rows=eval_rows
+    )
 
     def run_eval(state) -> dict[str, float]:
         if config.ema_decay:
@@ -427,20 +459,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     if config.eval_only:
         result = run_eval(state)
-        print(f"eval at step {start_step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}  "
-              f"({result['eval/examples']} examples)", flush=True)
+        print(
+            f"eval at step {start_step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}  "
+            f"({result['eval/examples']} examples)",
+            flush=True,
+        )
         checkpointer.close()
         return state
 
     train_step = compilation.compile_step(
-        "train step", make_train_step(model, tx, schedule, config, info.num_classes, mesh, plan), state,
-        batch_spec(config.batch_size, False), dropout_rng, announce=announce)
+        "train step",
+        make_train_step(model, tx, schedule, config, info.num_classes, mesh, plan),
+        state,
+        batch_spec(config.batch_size, False),
+        dropout_rng,
+        announce=announce,
+    )
 
     # 7. The loop.
     # Each batch goes to the devices while the step before it runs (a quarter of float32's bytes: uint8).
     train_iter = parallel.prefetch_to_devices(
-        pipeline.make_train_iterator(config, global_batch_size=config.batch_size, rows=train_rows,
-                                     start_step=start_step), mesh)
+        pipeline.make_train_iterator(
+            config, global_batch_size=config.batch_size, rows=train_rows, start_step=start_step
+        ),
+        mesh,
+    )
     progress = metrics_lib.Progress(total_steps, start_step, enabled=is_main and config.progress_bar)
     throughput = metrics_lib.Throughput()
     stop_vote = parallel.StopVote(mesh)
@@ -457,12 +500,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         flags = jax.device_get([m["finite"] for _, m in pending])
         bad = next((s for (s, _), ok in zip(pending, flags) if not ok), None)
         if bad is not None:
-            where = (f"step {last_saved} in {checkpointer.directory}" if last_saved is not None
-                     else "none (no checkpoint was saved yet)")
+            where = (
+                f"step {last_saved} in {checkpointer.directory}"
+                if last_saved is not None
+                else "none (no checkpoint was saved yet)"
+            )
             raise NonFiniteLossError(
                 f"loss is NaN or Inf at step {bad}; the last good checkpoint is {where}. Lower "
                 "config.schedule.base_learning_rate, set config.grad_clip_norm, or set "
-                "config.on_nonfinite='skip' to skip such updates.")
+                "config.on_nonfinite='skip' to skip such updates."
+            )
+
     try:
         with StopRequest() as stop:
             while step < total_steps:
@@ -507,12 +555,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             writer.write(step, result)
         if is_main:
             done = "final eval" if step > start_step else "run already complete; eval"
-            print(f"{done} at step {step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}",
-                  flush=True)
+            print(f"{done} at step {step}: top1 {result['eval/top1']:.4f}  top5 {result['eval/top5']:.4f}", flush=True)
     writer.close()
     if is_main:
-        rundir.write_status(workdir, rundir.FINISHED if step == total_steps else rundir.INTERRUPTED, step=step,
-                            total_steps=total_steps)
+        rundir.write_status(
+            workdir, rundir.FINISHED if step == total_steps else rundir.INTERRUPTED, step=step, total_steps=total_steps
+        )
     return state
 
 
@@ -525,9 +573,11 @@ def _describe_run(config, mesh, info, total_steps: int, cache_dir: str | None) -
     per_device = config.batch_size // k // n_dev
     order = "global order" if info.random_access else "per-process order (no random access)"
     cache = f"compilation cache {cache_dir}" if cache_dir else "compilation cache off"
-    return (f"{config.model.name} on {info.name}: {jax.process_count()} process(es), {n_dev} device(s); {batch} "
-            f"({per_device} per device, BatchNorm statistics {config.bn_statistics}); {total_steps} steps; "
-            f"data in {order}; {cache}")
+    return (
+        f"{config.model.name} on {info.name}: {jax.process_count()} process(es), {n_dev} device(s); {batch} "
+        f"({per_device} per device, BatchNorm statistics {config.bn_statistics}); {total_steps} steps; "
+        f"data in {order}; {cache}"
+    )
 
 
 def _summarise(pending: list[dict]) -> dict[str, float]:

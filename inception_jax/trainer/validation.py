@@ -10,11 +10,11 @@ import tempfile
 import ml_collections
 
 from inception_jax import kernels
+from inception_jax.models import profile, registry
 from inception_jax.trainer import finetune
 from inception_jax.trainer.checkpoint import CHECKPOINT_DIR
 from inception_jax.trainer.config import base_config
 from inception_jax.trainer.rundir import CONFIG_FILE
-from inception_jax.models import profile, registry
 
 
 class ConfigError(ValueError):
@@ -74,13 +74,16 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     options = registry.model_options(c.model.name)
     for key in c.model:
         if key == "kernels":
-            raise ConfigError(f"config.model.kernels={c.model.kernels!r}: set config.kernels instead (it also "
-                              "applies to the optimizer's norms)")
+            raise ConfigError(
+                f"config.model.kernels={c.model.kernels!r}: set config.kernels instead (it also "
+                "applies to the optimizer's norms)"
+            )
         if key != "name" and key not in options:
             close = difflib.get_close_matches(key, options, n=1)
             hint = f" Did you mean config.model.{close[0]}?" if close else ""
-            raise ConfigError(f"config.model.{key} is not an option of {c.model.name!r}.{hint} "
-                              f"Options: {', '.join(sorted(options))}.")
+            raise ConfigError(
+                f"config.model.{key} is not an option of {c.model.name!r}.{hint} Options: {', '.join(sorted(options))}."
+            )
 
     data = registry.data_config(c.model.name)
     for key in ("image_size", "crop_pct", "mean", "std", "interpolation"):
@@ -101,7 +104,8 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if (c.total_steps > 0) == (c.num_epochs > 0):
         raise ConfigError(
             f"set exactly one of config.total_steps ({c.total_steps}) and config.num_epochs ({c.num_epochs}) "
-            "to a positive value; e.g. --config.total_steps=1000 --config.num_epochs=0.")
+            "to a positive value; e.g. --config.total_steps=1000 --config.num_epochs=0."
+        )
     if c.total_steps < 0 or c.num_epochs < 0:
         raise ConfigError("config.total_steps and config.num_epochs must not be negative.")
     if not 0.0 <= c.label_smoothing < 1.0:
@@ -111,15 +115,18 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.grad_clip_norm is not None and c.grad_clip_norm <= 0:
         raise ConfigError(f"config.grad_clip_norm={c.grad_clip_norm} must be positive, or None to disable.")
     if not isinstance(c.grad_accum_steps, int) or c.grad_accum_steps < 1:
-        raise ConfigError(f"config.grad_accum_steps={c.grad_accum_steps!r} must be a whole number >= 1 (1: no "
-                          "accumulation).")
+        raise ConfigError(
+            f"config.grad_accum_steps={c.grad_accum_steps!r} must be a whole number >= 1 (1: no accumulation)."
+        )
     try:
         finetune.parse_trainable(c.trainable)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if not c.backbone_lr_multiplier > 0:
-        raise ConfigError(f"config.backbone_lr_multiplier={c.backbone_lr_multiplier!r} must be > 0 (1.0: the "
-                          "head's rate); to hold the backbone fixed use config.trainable='head'.")
+        raise ConfigError(
+            f"config.backbone_lr_multiplier={c.backbone_lr_multiplier!r} must be > 0 (1.0: the "
+            "head's rate); to hold the backbone fixed use config.trainable='head'."
+        )
     if any(w < 0 for w in c.aux_loss_weights):
         raise ConfigError(f"config.aux_loss_weights={tuple(c.aux_loss_weights)} must not be negative.")
     return c
@@ -132,10 +139,14 @@ def check_batch_split(config, num_devices: int) -> None:
         size, unit = config[field], num_devices * (k if field == "batch_size" else 1)
         if size <= 0 or size % unit:
             lower = max(unit, size // unit * unit)
-            what = (f"the device count {num_devices}" if unit == num_devices else
-                    f"{unit} (the device count {num_devices} x config.grad_accum_steps={k})")
-            raise ConfigError(f"config.{field}={size} must be a positive multiple of {what}; use {lower} or "
-                              f"{lower + unit}.")
+            what = (
+                f"the device count {num_devices}"
+                if unit == num_devices
+                else f"{unit} (the device count {num_devices} x config.grad_accum_steps={k})"
+            )
+            raise ConfigError(
+                f"config.{field}={size} must be a positive multiple of {what}; use {lower} or {lower + unit}."
+            )
 
 
 def _get(c, dotted: str):
@@ -157,7 +168,8 @@ def image_size(config) -> int:
     if size < data.min_input_size:
         raise ConfigError(
             f"config.input.image_size={size} is below {config.model.name}'s minimum input size "
-            f"{data.min_input_size}; use --config.input.image_size={data.min_input_size} or larger.")
+            f"{data.min_input_size}; use --config.input.image_size={data.min_input_size} or larger."
+        )
     return size
 
 
@@ -170,10 +182,15 @@ def check_model_against_config(config, model, size: int) -> None:
         raise ConfigError(f"config.model: {e}") from None
     weights = tuple(config.aux_loss_weights)
     if len(weights) != heads:
-        fix = ("set config.model.aux_logits=True or config.aux_loss_weights=()" if heads == 0
-               else f"give {heads} weight(s), e.g. config.aux_loss_weights={(0.3,) * heads}")
-        raise ConfigError(f"config.aux_loss_weights={weights} has {len(weights)} weight(s) but "
-                          f"{config.model.name} with these options has {heads} aux head(s); {fix}.")
+        fix = (
+            "set config.model.aux_logits=True or config.aux_loss_weights=()"
+            if heads == 0
+            else f"give {heads} weight(s), e.g. config.aux_loss_weights={(0.3,) * heads}"
+        )
+        raise ConfigError(
+            f"config.aux_loss_weights={weights} has {len(weights)} weight(s) but "
+            f"{config.model.name} with these options has {heads} aux head(s); {fix}."
+        )
 
 
 def check_workdir(workdir: str) -> None:
@@ -182,8 +199,9 @@ def check_workdir(workdir: str) -> None:
         with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise ConfigError(f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a writable "
-                          "directory.") from None
+        raise ConfigError(
+            f"--workdir={workdir!r} cannot be written ({e.strerror}); choose a writable directory."
+        ) from None
 
 
 def check_resume(config, workdir: str) -> None:
@@ -203,7 +221,8 @@ def check_resume(config, workdir: str) -> None:
         raise ConfigError(
             f"config.model.scan_blocks={now} but the checkpoints in {ckpt_dir} were written with "
             f"scan_blocks={scanned}; resume with --config.model.scan_blocks={scanned}, or start a new --workdir "
-            f"with --config.init_from={workdir} (init_from converts between the layouts).")
+            f"with --config.init_from={workdir} (init_from converts between the layouts)."
+        )
     if not config.init_from:
         return
     started_from = saved.get("init_from")
@@ -211,4 +230,5 @@ def check_resume(config, workdir: str) -> None:
         raise ConfigError(
             f"config.init_from={config.init_from!r} conflicts with the checkpoints already in {ckpt_dir} "
             f"(that run started from {started_from!r}), which a restart resumes from. Use a new --workdir "
-            "to start from init_from, or drop --config.init_from to resume.")
+            "to start from init_from, or drop --config.init_from to resume."
+        )

@@ -1,6 +1,7 @@
 """Weight import: PyTorch (timm / torchvision) checkpoints and Keras application files -> Flax variables,
 and saving them safely."""
 
+from inception_jax.tools.convert.keras_weights import from_keras, keras_model_options
 from inception_jax.tools.convert.torch_weights import (
     WeightMismatchError,
     from_torch,
@@ -8,7 +9,6 @@ from inception_jax.tools.convert.torch_weights import (
     torch_key_to_flax_path,
 )
 from inception_jax.weights import load_variables, save_variables
-from inception_jax.tools.convert.keras_weights import from_keras, keras_model_options
 
 __all__ = [
     "WeightMismatchError",

@@ -16,22 +16,30 @@ from __future__ import annotations
 import argparse
 import sys
 
-from inception_jax.weights import save_variables
+from inception_jax.models import profile, registry
 from inception_jax.tools.convert.keras_weights import SUPPORTED as KERAS_MODELS
 from inception_jax.tools.convert.keras_weights import from_keras, keras_model_options
 from inception_jax.tools.convert.torch_weights import WeightMismatchError, from_torch
-from inception_jax.models import profile, registry
+from inception_jax.weights import save_variables
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="inception-convert",
-                                     description=" ".join(__doc__.split("\n\n")[0].split()))
-    parser.add_argument("--from", dest="source", choices=("torch", "keras"), default="torch",
-                        help="the framework IN_FILE comes from (default: torch)")
-    parser.add_argument("--model", required=True, help=f"one of: {', '.join(registry.list_models())} "
-                                                       f"(with --from keras: {', '.join(KERAS_MODELS)})")
-    parser.add_argument("in_file", help="local .safetensors or .pth state_dict; with --from keras a .keras, "
-                                        ".weights.h5 or .h5 file")
+    parser = argparse.ArgumentParser(prog="inception-convert", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=("torch", "keras"),
+        default="torch",
+        help="the framework IN_FILE comes from (default: torch)",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help=f"one of: {', '.join(registry.list_models())} (with --from keras: {', '.join(KERAS_MODELS)})",
+    )
+    parser.add_argument(
+        "in_file", help="local .safetensors or .pth state_dict; with --from keras a .keras, .weights.h5 or .h5 file"
+    )
     parser.add_argument("out_file", help="where to write the Flax variables (.msgpack)")
     parser.add_argument("--aux-logits", action="store_true", help="the file has aux-head weights; keep them")
     parser.add_argument("--drop-aux", action="store_true", help="discard aux-head weights found in the file")

@@ -31,8 +31,8 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from inception_jax.tools.convert.torch_weights import WeightMismatchError, listing
 from inception_jax.models import registry, stacking
+from inception_jax.tools.convert.torch_weights import WeightMismatchError, listing
 
 SUPPORTED = ("inception_v3", "inception_resnet_v2")
 _KERAS_CLASS = {"inception_v3": "InceptionV3", "inception_resnet_v2": "InceptionResNetV2"}
@@ -43,14 +43,17 @@ def keras_model_options(name: str) -> dict[str, Any]:
     BatchNorm without gamma, Keras' momentum 0.99 and epsilon 1e-3, average pools that exclude the
     padding ('same' in Keras), and no dropout (Keras' head has none). `num_classes` comes from the file."""
     _check_name(name)
-    return dict(bn_use_scale=False, bn_momentum=0.99, bn_epsilon=1e-3, avg_pool_count_include_pad=False,
-                dropout_rate=0.0)
+    return dict(
+        bn_use_scale=False, bn_momentum=0.99, bn_epsilon=1e-3, avg_pool_count_include_pad=False, dropout_rate=0.0
+    )
 
 
 def _check_name(name: str) -> None:
     if name not in SUPPORTED:
-        raise ValueError(f"from_keras supports {', '.join(SUPPORTED)} (keras.applications InceptionV3 and "
-                         f"InceptionResNetV2), got {name!r}")
+        raise ValueError(
+            f"from_keras supports {', '.join(SUPPORTED)} (keras.applications InceptionV3 and "
+            f"InceptionResNetV2), got {name!r}"
+        )
 
 
 # ------------------------------------------------------------------ the Keras application graphs
@@ -180,15 +183,24 @@ def _inception_resnet_v2_graph() -> _KerasGraph:
 
     for i in range(10):
         s = f"repeat_{i}"
-        x = residual(x, s, f"block35_{i + 1}", [g.chain(x, s, "branch0"), g.chain(x, s, "branch1_0", "branch1_1"),
-                                                g.chain(x, s, "branch2_0", "branch2_1", "branch2_2")])
+        x = residual(
+            x,
+            s,
+            f"block35_{i + 1}",
+            [
+                g.chain(x, s, "branch0"),
+                g.chain(x, s, "branch1_0", "branch1_1"),
+                g.chain(x, s, "branch2_0", "branch2_1", "branch2_2"),
+            ],
+        )
     b0 = g.chain(x, "mixed_6a", "branch0")
     b1 = g.chain(x, "mixed_6a", "branch1_0", "branch1_1", "branch1_2")
     x = g.op(b0, b1, g.op(x))
     for i in range(20):
         s = f"repeat_1_{i}"
-        x = residual(x, s, f"block17_{i + 1}",
-                     [g.chain(x, s, "branch0"), g.chain(x, s, "branch1_0", "branch1_1", "branch1_2")])
+        x = residual(
+            x, s, f"block17_{i + 1}", [g.chain(x, s, "branch0"), g.chain(x, s, "branch1_0", "branch1_1", "branch1_2")]
+        )
     b = "mixed_7a"
     b0 = g.chain(x, b, "branch0_0", "branch0_1")
     b1 = g.chain(x, b, "branch1_0", "branch1_1")
@@ -196,8 +208,13 @@ def _inception_resnet_v2_graph() -> _KerasGraph:
     x = g.op(b0, b1, b2, g.op(x))
     for i in range(10):
         s = f"repeat_2_{i}" if i < 9 else "block8"
-        x = residual(x, s, f"block8_{i + 1}",
-                     [g.chain(x, s, "branch0"), g.chain(x, s, "branch1_0", "branch1_1", "branch1_2")], relu=i < 9)
+        x = residual(
+            x,
+            s,
+            f"block8_{i + 1}",
+            [g.chain(x, s, "branch0"), g.chain(x, s, "branch1_0", "branch1_1", "branch1_2")],
+            relu=i < 9,
+        )
     x = g.conv_bn(x, "conv2d_7b", name="conv_7b")
     g.op(g.op(x), slot=_Slot("dense", ("classif",), "predictions"))
     return g
@@ -225,8 +242,10 @@ def read_keras_file(path: str | os.PathLike) -> list[_FileLayer]:
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weight file {path!r} does not exist; pass the path of a local Keras .keras, "
-                                ".weights.h5 or .h5 file (inception_jax never downloads weights)")
+        raise FileNotFoundError(
+            f"weight file {path!r} does not exist; pass the path of a local Keras .keras, "
+            ".weights.h5 or .h5 file (inception_jax never downloads weights)"
+        )
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -245,8 +264,10 @@ def read_keras_file(path: str | os.PathLike) -> list[_FileLayer]:
             return _read_legacy(f["model_weights"])
         if "layers" in f:
             return _read_keras3(f, None)
-    raise ValueError(f"{path!r} is an HDF5 file without Keras weights (no 'layer_names' attribute, "
-                     "'model_weights' group or 'layers' group)")
+    raise ValueError(
+        f"{path!r} is an HDF5 file without Keras weights (no 'layer_names' attribute, "
+        "'model_weights' group or 'layers' group)"
+    )
 
 
 def _attr_list(group, name: str) -> list[str] | None:
@@ -280,13 +301,16 @@ def _read_legacy(group) -> list[_FileLayer]:
     layers, counts = [], {}
     for name in _attr_list(group, "layer_names"):
         if name not in group:
-            raise ValueError(f"{group.file.filename!r} lists layer {name!r} but holds no weights for it: "
-                             "a damaged Keras HDF5 file")
+            raise ValueError(
+                f"{group.file.filename!r} lists layer {name!r} but holds no weights for it: a damaged Keras HDF5 file"
+            )
         arrays = {}
         for weight in _attr_list(group[name], "weight_names") or []:
             if weight not in group[name]:
-                raise ValueError(f"{group.file.filename!r} lists weight {weight!r} of layer {name!r} but does not "
-                                 "hold it: a damaged Keras HDF5 file")
+                raise ValueError(
+                    f"{group.file.filename!r} lists weight {weight!r} of layer {name!r} but does not "
+                    "hold it: a damaged Keras HDF5 file"
+                )
             role = weight.rsplit("/", 1)[-1].split(":", 1)[0]
             arrays[role] = np.asarray(group[name][weight], np.float32)
         if arrays:
@@ -370,25 +394,25 @@ def _pair_layers(graph: _KerasGraph, layers: list[_FileLayer]):
     """
     order = graph.keras_layer_order()
     named = {s.keras_name for s in order if s.keras_name}
-    pairs, extra, unmatched, misplaced = [], [l for l in layers if l.kind == "other"], [], []
+    pairs, extra, unmatched, misplaced = [], [layer for layer in layers if layer.kind == "other"], [], []
     for kind in ("conv", "bn", "dense"):
-        file_side = sorted((l for l in layers if l.kind == kind), key=lambda l: l.position)
+        file_side = sorted((layer for layer in layers if layer.kind == kind), key=lambda layer: layer.position)
         graph_side = [s for s in order if s.kind == kind]
         for layer, slot in zip(file_side, graph_side):
             if layer.name and (slot.keras_name or layer.name in named) and layer.name != slot.keras_name:
                 where = f"Keras' {slot.keras_name!r}" if slot.keras_name else f"an unnamed {kind} layer"
                 misplaced.append(f"{layer.label} is where {where} belongs ({'/'.join(slot.scope)})")
             pairs.append((layer, slot))
-        extra += file_side[len(graph_side):]
-        unmatched += graph_side[len(file_side):]
+        extra += file_side[len(graph_side) :]
+        unmatched += graph_side[len(file_side) :]
     return pairs, extra, unmatched, misplaced
 
 
 def _file_num_classes(layers: list[_FileLayer]) -> int:
     """The classifier width: the `predictions` Dense (the only Dense in a Keras application); none
     (a file saved with `include_top=False`) means 0."""
-    dense = [l for l in layers if l.kind == "dense" and "kernel" in l.arrays]
-    dense = [l for l in dense if l.name == "predictions"] or sorted(dense, key=lambda l: l.position)
+    dense = [layer for layer in layers if layer.kind == "dense" and "kernel" in layer.arrays]
+    dense = [layer for layer in dense if layer.name == "predictions"] or sorted(dense, key=lambda layer: layer.position)
     return int(dense[0].arrays["kernel"].shape[-1]) if dense else 0
 
 
@@ -423,7 +447,12 @@ def from_keras(name: str, path: str | os.PathLike, **overrides):
     if not options["num_classes"]:  # built without a classifier: Keras' include_top=False
         graph.slots = {op: s for op, s in graph.slots.items() if s.kind != "dense"}
     pairs, extra, unmatched, misplaced = _pair_layers(graph, layers)
-    converted, unexpected, mismatched, misfit = {}, [f"{l.label}/{r}" for l in extra for r in l.arrays], [], set()
+    converted, unexpected, mismatched, misfit = (
+        {},
+        [f"{layer.label}/{r}" for layer in extra for r in layer.arrays],
+        [],
+        set(),
+    )
     for layer, slot in pairs:
         for role, array in layer.arrays.items():
             collection, leaf = _LEAVES.get(role, (None, None))
@@ -431,8 +460,10 @@ def from_keras(name: str, path: str | os.PathLike, **overrides):
             if leaf_path not in target:
                 unexpected.append(f"{layer.label}/{role}")
             elif array.shape != tuple(target[leaf_path].shape):
-                mismatched.append(f"{layer.label}/{role} -> {'/'.join(leaf_path)}: file {array.shape}, "
-                                  f"model expects {tuple(target[leaf_path].shape)}")
+                mismatched.append(
+                    f"{layer.label}/{role} -> {'/'.join(leaf_path)}: file {array.shape}, "
+                    f"model expects {tuple(target[leaf_path].shape)}"
+                )
                 misfit.add(leaf_path)
             else:
                 converted[leaf_path] = array
@@ -450,21 +481,28 @@ def _counts(layers) -> dict[str, int]:
 
 def _report(name, options, counts, unexpected, missing, mismatched, misplaced) -> str:
     in_file, want = counts
-    hints = [f"the file's {in_file['conv']} conv layers are Keras' {_KERAS_CLASS[other]}: import it as {other!r}"
-             for other in SUPPORTED if other != name and _counts(_GRAPHS[other]().slots.values()) == in_file]
+    hints = [
+        f"the file's {in_file['conv']} conv layers are Keras' {_KERAS_CLASS[other]}: import it as {other!r}"
+        for other in SUPPORTED
+        if other != name and _counts(_GRAPHS[other]().slots.values()) == in_file
+    ]
     if not hints and in_file != want:
-        hints.append(f"the file has {in_file['conv']} conv and {in_file['bn']} BatchNorm layers, Keras' "
-                     f"{_KERAS_CLASS[name]} has {want['conv']} and {want['bn']}: a truncated file, or another network?")
+        hints.append(
+            f"the file has {in_file['conv']} conv and {in_file['bn']} BatchNorm layers, Keras' "
+            f"{_KERAS_CLASS[name]} has {want['conv']} and {want['bn']}: a truncated file, or another network?"
+        )
     if any("predictions" in m for m in mismatched + unexpected) and not hints:
         hints.append("the classifier differs: pass num_classes=<classes in the file>, or leave it to the file")
     hint = ("\n  Hint: " + "; ".join(hints)) if hints else ""
     chosen = {k: v for k, v in options.items() if k not in keras_model_options(name)}
-    return (f"Keras weights do not fit model {name!r} ({_KERAS_CLASS[name]}) with {chosen}:"
-            + listing("unexpected in file", unexpected)
-            + listing("missing from file", missing)
-            + listing("shape mismatch", mismatched)
-            + listing("out of place (Keras names these layers)", misplaced)
-            + hint)
+    return (
+        f"Keras weights do not fit model {name!r} ({_KERAS_CLASS[name]}) with {chosen}:"
+        + listing("unexpected in file", unexpected)
+        + listing("missing from file", missing)
+        + listing("shape mismatch", mismatched)
+        + listing("out of place (Keras names these layers)", misplaced)
+        + hint
+    )
 
 
 __all__ = ["SUPPORTED", "from_keras", "keras_model_options", "read_keras_file"]

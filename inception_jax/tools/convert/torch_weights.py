@@ -11,7 +11,8 @@ raise `WeightMismatchError` listing them all, never a silent partial load.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -38,8 +39,10 @@ def load_torch_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict
     else:
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"weight file {path!r} does not exist; pass the path of a local "
-                                    ".safetensors or .pth file (inception_jax never downloads weights)")
+            raise FileNotFoundError(
+                f"weight file {path!r} does not exist; pass the path of a local "
+                ".safetensors or .pth file (inception_jax never downloads weights)"
+            )
         if path.endswith(".safetensors"):
             from safetensors.numpy import load_file
 
@@ -50,7 +53,7 @@ def load_torch_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict
         if wrapper in state and isinstance(state[wrapper], Mapping):
             state = dict(state[wrapper])
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return {k: _to_numpy(v) for k, v in state.items() if not k.endswith(_DROPPED_SUFFIXES)}
 
 

@@ -35,15 +35,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
-        allow_abbrev=False, prog="inception-sweep", description=__doc__.splitlines()[0],
+        allow_abbrev=False,
+        prog="inception-sweep",
+        description=__doc__.splitlines()[0],
         epilog="Any --config.x=y flag applies to every run and is part of the sweep's identity: a sweep "
-               "directory refuses a command whose flags differ from the ones it was started with.")
+        "directory refuses a command whose flags differ from the ones it was started with.",
+    )
     p.add_argument("study", help="a study file, e.g. experiments/module_design.py")
     p.add_argument("--workdir", required=True, help="the sweep directory: one workdir per run, the manifest, logs")
-    p.add_argument("--sweep", default="", help="comma-separated named sweeps (sweep_<name>() in the study); "
-                                               "runs their product. Default: sweep()")
+    p.add_argument(
+        "--sweep",
+        default="",
+        help="comma-separated named sweeps (sweep_<name>() in the study); runs their product. Default: sweep()",
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs at once, each pinned to its own share of the CPUs")
-    p.add_argument("--dry-run", action="store_true", help="validate and print the runs and their commands; write nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate and print the runs and their commands; write nothing"
+    )
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again (by default they stay failed)")
     g = p.add_argument_group("SLURM (with --slurm: write DIR/sweep.sbatch and the manifest; submit nothing)")
     g.add_argument("--slurm", action="store_true")
@@ -54,8 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cpus-per-task", type=int, default=None)
     g.add_argument("--mem", default=None, help="memory per node, e.g. 64G")
     g.add_argument("--max-concurrent", type=int, default=None, help="array tasks running at once (%%N)")
-    g.add_argument("--sbatch-option", action="append", default=[], metavar="OPT",
-                   help="any other sbatch option, e.g. --sbatch-option=--account=abc (repeatable)")
+    g.add_argument(
+        "--sbatch-option",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="any other sbatch option, e.g. --sbatch-option=--account=abc (repeatable)",
+    )
     return p
 
 
@@ -84,8 +97,9 @@ def _main(args, rest: list[str], argv: list[str], out) -> int:
         _check_identity(manifest, identity(study, sweeps, extras), sweep_dir)
     else:
         manifest = new_manifest(study, sweeps, extras, ["inception-sweep", *argv])
-    manifest.update(root=study.root, python=sys.executable, study_file=study.path,
-                    compare_within=list(study.compare_within))
+    manifest.update(
+        root=study.root, python=sys.executable, study_file=study.path, compare_within=list(study.compare_within)
+    )
     merge_runs(manifest, runs, sweep_dir)
     if args.retry_failed:
         for run in runs:
@@ -103,31 +117,44 @@ def _main(args, rest: list[str], argv: list[str], out) -> int:
                 f.write(sbatch_script(manifest, runs, sweep_dir, args))
             write_manifest(sweep_dir, manifest)
             todo = sum(r.record["status"] != DONE for r in runs)
-            print(f"wrote {path} ({todo} array task(s)) and {os.path.join(sweep_dir, MANIFEST)}; "
-                  f"submit with: sbatch {path}", file=out)
+            print(
+                f"wrote {path} ({todo} array task(s)) and {os.path.join(sweep_dir, MANIFEST)}; "
+                f"submit with: sbatch {path}",
+                file=out,
+            )
             return 0
         write_manifest(sweep_dir, manifest)
-        failed = run_local(runs, manifest, sweep_dir, parallel=args.parallel, python=sys.executable,
-                           lock_fd=lock_fd, out=out)
+        failed = run_local(
+            runs, manifest, sweep_dir, parallel=args.parallel, python=sys.executable, lock_fd=lock_fd, out=out
+        )
     return 1 if failed else 0
 
 
 def _check_identity(manifest: dict, want: dict, sweep_dir: str) -> None:
     have = {k: manifest.get(k) for k in want}
-    diff = [k for k in want if json.dumps(have[k], sort_keys=True) != json.dumps(rundir.jsonable(want[k]), sort_keys=True)]
+    diff = [
+        k for k in want if json.dumps(have[k], sort_keys=True) != json.dumps(rundir.jsonable(want[k]), sort_keys=True)
+    ]
     if diff:
         k = diff[0]
-        raise SweepError(f"{sweep_dir} holds another sweep ({k}: {have[k]!r} there, {rundir.jsonable(want[k])!r} in "
-                         f"this command; it was started by `{manifest.get('command')}`). Use another --workdir, "
-                         "or repeat that command to continue it")
+        raise SweepError(
+            f"{sweep_dir} holds another sweep ({k}: {have[k]!r} there, {rundir.jsonable(want[k])!r} in "
+            f"this command; it was started by `{manifest.get('command')}`). Use another --workdir, "
+            "or repeat that command to continue it"
+        )
 
 
 def _print_plan(runs: list[Run], manifest: dict, out) -> None:
-    print(f"study {manifest['study']} ({manifest['study_file']}): {len(runs)} runs, base "
-          f"{manifest['base_config']}, run from {manifest['root']}", file=out)
+    print(
+        f"study {manifest['study']} ({manifest['study_file']}): {len(runs)} runs, base "
+        f"{manifest['base_config']}, run from {manifest['root']}",
+        file=out,
+    )
     for run in runs:
         rec = run.record
         cost = f", {run.params:,} params, {run.gmacs:.4f} GMACs" if run.params is not None else ""
         steps = f"{run.total_steps} steps" if run.total_steps else "steps from num_epochs"
-        print(f"[{run.index}] {run.name}: {rec['status']}, {steps}{cost}\n    "
-              f"{shlex.join(['python', *run.argv])}", file=out)
+        print(
+            f"[{run.index}] {run.name}: {rec['status']}, {steps}{cost}\n    {shlex.join(['python', *run.argv])}",
+            file=out,
+        )

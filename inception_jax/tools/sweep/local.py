@@ -33,7 +33,7 @@ def cpu_slots(parallel: int) -> list[list[int] | None]:
     slots, start = [], 0
     for i in range(parallel):
         n = size + (i < extra)
-        slots.append(cpus[start:start + n])
+        slots.append(cpus[start : start + n])
         start += n
     return slots
 
@@ -44,8 +44,13 @@ def child_env(cpus: list[int] | None) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if cpus is not None:
         n = str(len(cpus))
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-                    "TF_NUM_INTEROP_THREADS"):
+        for var in (
+            "OMP_NUM_THREADS",
+            "MKL_NUM_THREADS",
+            "OPENBLAS_NUM_THREADS",
+            "TF_NUM_INTRAOP_THREADS",
+            "TF_NUM_INTEROP_THREADS",
+        ):
             env[var] = n
     return env
 
@@ -97,8 +102,9 @@ class _Active:
     signalled: bool = False
 
 
-def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int, python: str,
-              lock_fd: int, out=sys.stdout) -> int:
+def run_local(
+    runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int, python: str, lock_fd: int, out=sys.stdout
+) -> int:
     """Runs what is not finished, `parallel` at a time; returns the number of failed runs."""
     todo = [r for r in execution_order(runs) if r.record["status"] not in (DONE, FAILED)]
     slots = cpu_slots(parallel)
@@ -107,9 +113,13 @@ def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int,
     os.makedirs(os.path.join(sweep_dir, LOG_DIR), exist_ok=True)
     total, started, forwarded = len(todo), 0, 0
     where = ", ".join("all CPUs" if s is None else "CPU " + ",".join(map(str, s)) for s in slots)
-    print(f"{len(runs)} runs: {sum(r.record['status'] == DONE for r in runs)} done, "
-          f"{sum(r.record['status'] == FAILED for r in runs)} failed earlier, {total} to run, "
-          f"{len(slots)} at a time ({where})", file=out, flush=True)
+    print(
+        f"{len(runs)} runs: {sum(r.record['status'] == DONE for r in runs)} done, "
+        f"{sum(r.record['status'] == FAILED for r in runs)} failed earlier, {total} to run, "
+        f"{len(slots)} at a time ({where})",
+        file=out,
+        flush=True,
+    )
     with _Stop() as stop:
         while (todo and not stop.count) or active:
             while todo and free and not stop.count:
@@ -117,14 +127,24 @@ def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int,
                 started += 1
                 # The commit each run starts from: code edited while a sweep runs shows as another commit
                 # or as +dirty on the runs started after the edit.
-                active.append(_start(run, slots[slot], slot, sweep_dir, manifest["root"], python, lock_fd, rundir.commit()))
+                active.append(
+                    _start(run, slots[slot], slot, sweep_dir, manifest["root"], python, lock_fd, rundir.commit())
+                )
                 write_manifest(sweep_dir, manifest)
-                print(f"[{started}/{total}] start {run.name}" + (f" (CPU {','.join(map(str, slots[slot]))})"
-                      if slots[slot] else ""), file=out, flush=True)
+                print(
+                    f"[{started}/{total}] start {run.name}"
+                    + (f" (CPU {','.join(map(str, slots[slot]))})" if slots[slot] else ""),
+                    file=out,
+                    flush=True,
+                )
             if stop.count > forwarded:
                 if forwarded == 0:
-                    print(f"stopping: passing signal {stop.signum} to {len(active)} run(s), which save a checkpoint "
-                          "(Ctrl-C again to stop them at once)", file=out, flush=True)
+                    print(
+                        f"stopping: passing signal {stop.signum} to {len(active)} run(s), which save a checkpoint "
+                        "(Ctrl-C again to stop them at once)",
+                        file=out,
+                        flush=True,
+                    )
                 for a in active:
                     with contextlib.suppress(ProcessLookupError):
                         a.proc.send_signal(signal.SIGINT if forwarded else stop.signum)
@@ -137,10 +157,16 @@ def run_local(runs: list[Run], manifest: dict, sweep_dir: str, *, parallel: int,
                 _finish(a, sweep_dir)
                 write_manifest(sweep_dir, manifest)
                 rec = a.run.record
-                detail = {DONE: _final_metric(sweep_dir, a.run), INTERRUPTED: "re-run the sweep to resume",
-                          FAILED: f"exit {rec['exit_code']}: {rec['error']}"}[rec["status"]]
-                print(f"  {rec['status']:<11} {a.run.name} after {time.monotonic() - a.t0:.0f} s: {detail}",
-                      file=out, flush=True)
+                detail = {
+                    DONE: _final_metric(sweep_dir, a.run),
+                    INTERRUPTED: "re-run the sweep to resume",
+                    FAILED: f"exit {rec['exit_code']}: {rec['error']}",
+                }[rec["status"]]
+                print(
+                    f"  {rec['status']:<11} {a.run.name} after {time.monotonic() - a.t0:.0f} s: {detail}",
+                    file=out,
+                    flush=True,
+                )
             time.sleep(0.1)
     failed = [r for r in runs if r.record["status"] == FAILED]
     left = [r for r in runs if r.record["status"] not in (DONE, FAILED)]
@@ -160,14 +186,25 @@ def _start(run: Run, cpus, slot: int, sweep_dir: str, root: str, python: str, lo
     log.flush()
     # Own session: a terminal's Ctrl-C reaches only the sweep, which passes it on exactly once.
     # The lock descriptor is inherited, so DIR stays locked while any run of this sweep is alive.
-    proc = subprocess.Popen([python, *run.argv], cwd=root,
-                            env=child_env(cpus), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=(lock_fd,))
+    proc = subprocess.Popen(
+        [python, *run.argv],
+        cwd=root,
+        env=child_env(cpus),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        pass_fds=(lock_fd,),
+    )
     if cpus is not None:  # right after exec, before the child has started any thread
         with contextlib.suppress(ProcessLookupError):
             os.sched_setaffinity(proc.pid, cpus)
-    rec.update(status=RUNNING, attempts=rec["attempts"] + 1, started=rec["started"] or rundir.now(),
-               commit=rec["commit"] or commit)
+    rec.update(
+        status=RUNNING,
+        attempts=rec["attempts"] + 1,
+        started=rec["started"] or rundir.now(),
+        commit=rec["commit"] or commit,
+    )
     return _Active(run, proc, slot, time.monotonic(), log, log.tell())
 
 
@@ -212,8 +249,9 @@ def locked(sweep_dir: str):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise SweepError(f"another sweep, or a run it started, is still running in {sweep_dir}; wait for it "
-                         "or stop it first") from None
+        raise SweepError(
+            f"another sweep, or a run it started, is still running in {sweep_dir}; wait for it or stop it first"
+        ) from None
     try:
         yield fd
     finally:

@@ -27,11 +27,16 @@ def sbatch_script(manifest: dict, runs: list[Run], sweep_dir: str, args) -> str:
     into one cluster from SLURM's environment."""
     todo = [r for r in runs if r.record["status"] != DONE]
     array = array_spec([r.index for r in todo]) + (f"%{args.max_concurrent}" if args.max_concurrent else "")
-    options = [f"--job-name={manifest['study']}", f"--array={array}", f"--nodes={args.nodes}",
-               "--ntasks-per-node=1", f"--time={args.time}",
-               f"--output={os.path.join(sweep_dir, LOG_DIR, 'slurm-%A_%a.log')}",
-               # SIGTERM two minutes before the time limit: the trainer saves and exits 0; re-submit resumes.
-               "--signal=TERM@120"]
+    options = [
+        f"--job-name={manifest['study']}",
+        f"--array={array}",
+        f"--nodes={args.nodes}",
+        "--ntasks-per-node=1",
+        f"--time={args.time}",
+        f"--output={os.path.join(sweep_dir, LOG_DIR, 'slurm-%A_%a.log')}",
+        # SIGTERM two minutes before the time limit: the trainer saves and exits 0; re-submit resumes.
+        "--signal=TERM@120",
+    ]
     if args.partition:
         options.append(f"--partition={args.partition}")
     if args.gpus:
@@ -41,18 +46,24 @@ def sbatch_script(manifest: dict, runs: list[Run], sweep_dir: str, args) -> str:
     if args.mem:
         options.append(f"--mem={args.mem}")
     options += args.sbatch_option
-    lines = ["#!/bin/bash",
-             f"# Written by `{manifest['command']}`.",
-             f"# Submit with `sbatch {os.path.join(sweep_dir, SBATCH)}`. Array task i runs run i of",
-             f"# {os.path.join(sweep_dir, MANIFEST)}; only runs not yet done are in the array.",
-             *[f"#SBATCH {o}" for o in options],
-             "set -euo pipefail",
-             f"cd {shlex.quote(manifest['root'])}",
-             f"PYTHON=${{PYTHON:-{shlex.quote(manifest['python'])}}}",
-             'case "${SLURM_ARRAY_TASK_ID:-}" in']
+    lines = [
+        "#!/bin/bash",
+        f"# Written by `{manifest['command']}`.",
+        f"# Submit with `sbatch {os.path.join(sweep_dir, SBATCH)}`. Array task i runs run i of",
+        f"# {os.path.join(sweep_dir, MANIFEST)}; only runs not yet done are in the array.",
+        *[f"#SBATCH {o}" for o in options],
+        "set -euo pipefail",
+        f"cd {shlex.quote(manifest['root'])}",
+        f"PYTHON=${{PYTHON:-{shlex.quote(manifest['python'])}}}",
+        'case "${SLURM_ARRAY_TASK_ID:-}" in',
+    ]
     for run in todo:
         lines.append(f"  {run.index}) ARGS=({shlex.join(run.argv[2:])}) ;;  # {run.name}")
-    lines += ['  *) echo "error: no run $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;', "esac",
-              # One process per node; a run whose process fails is ended on every node (no peer waits forever).
-              'exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$PYTHON" -m inception_jax.trainer.main "${ARGS[@]}"', ""]
+    lines += [
+        '  *) echo "error: no run $SLURM_ARRAY_TASK_ID in this array" >&2; exit 2 ;;',
+        "esac",
+        # One process per node; a run whose process fails is ended on every node (no peer waits forever).
+        'exec srun --ntasks-per-node=1 --kill-on-bad-exit=1 "$PYTHON" -m inception_jax.trainer.main "${ARGS[@]}"',
+        "",
+    ]
     return "\n".join(lines)

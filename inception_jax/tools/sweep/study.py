@@ -11,8 +11,8 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from inception_jax.trainer import rundir
 from inception_jax.trainer.config import flag_value
@@ -53,14 +53,22 @@ def load_study(path: str) -> Study:
         sys.path.pop(0)
     base = getattr(module, "BASE_CONFIG", None)
     if not isinstance(base, str):
-        raise SweepError(f"{path} must set BASE_CONFIG = \"configs/<file>.py[:arg]\" (the config every run starts from)")
-    generators = {n[len("sweep_"):]: f for n, f in vars(module).items() if n.startswith("sweep_") and callable(f)}
+        raise SweepError(f'{path} must set BASE_CONFIG = "configs/<file>.py[:arg]" (the config every run starts from)')
+    generators = {n[len("sweep_") :]: f for n, f in vars(module).items() if n.startswith("sweep_") and callable(f)}
     if callable(getattr(module, "sweep", None)):
         generators[""] = module.sweep
     overrides = dict(getattr(module, "OVERRIDES", {}))
     _check_keys(overrides, f"{path}: OVERRIDES")
-    return Study(os.path.abspath(path), name, base, _config_root(path, base), overrides,
-                 tuple(getattr(module, "COMPARE_WITHIN", ())), generators, (module.__doc__ or "").strip())
+    return Study(
+        os.path.abspath(path),
+        name,
+        base,
+        _config_root(path, base),
+        overrides,
+        tuple(getattr(module, "COMPARE_WITHIN", ())),
+        generators,
+        (module.__doc__ or "").strip(),
+    )
 
 
 def _config_root(study_path: str, base_config: str) -> str:
@@ -113,8 +121,9 @@ def expand(study: Study, sweeps: list[str]) -> list[dict]:
         for part in combo:
             clash = set(merged) & set(part)
             if clash:
-                raise SweepError(f"sweeps {', '.join(names)} both set {', '.join(sorted(clash))}; "
-                                 "a key may come from one sweep only")
+                raise SweepError(
+                    f"sweeps {', '.join(names)} both set {', '.join(sorted(clash))}; a key may come from one sweep only"
+                )
             merged.update(part)
         runs.append(merged)
     return runs
@@ -132,7 +141,13 @@ def _spell(value) -> tuple[str, bool]:
         return repr(value), math.isfinite(value)
     if isinstance(value, str):
         text = _UNSAFE.sub("_", value).strip("_") or "_"
-        return text, text == value and not set(value) <= _NUMERIC and value not in ("True", "False", "None", "inf", "nan")
+        return text, text == value and not set(value) <= _NUMERIC and value not in (
+            "True",
+            "False",
+            "None",
+            "inf",
+            "nan",
+        )
     if isinstance(value, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         parts = [_spell(v) for v in value]  # (1, 1, 1) -> 1_1_1; (0.4,) -> 0.4_; () -> _
         return "_".join(p for p, _ in parts) + ("_" if len(value) < 2 else ""), all(e for _, e in parts)
@@ -151,7 +166,7 @@ def run_name(overrides: dict) -> str:
     if all(exact for _, _, exact in pairs) and len(text) <= MAX_NAME:
         return text
     digest = hashlib.sha256(json.dumps(_jsonable(overrides), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{text[:MAX_NAME - 9]}-{digest}"
+    return f"{text[: MAX_NAME - 9]}-{digest}"
 
 
 setting_of = rundir.setting_of
@@ -165,9 +180,11 @@ def parse_extra_flags(argv: list[str], swept: Iterable[str]) -> dict[str, str]:
         key, eq, value = arg.partition("=")
         if not key.startswith("--config.") or not eq:
             hint = " (write --config.x=y with an '=')" if key.startswith("--config.") else ""
-            raise SweepError(f"unexpected argument {arg!r}{hint}; the sweep takes its own options and "
-                             "--config.x=y overrides for every run")
-        extras[key[len("--config."):]] = value
+            raise SweepError(
+                f"unexpected argument {arg!r}{hint}; the sweep takes its own options and "
+                "--config.x=y overrides for every run"
+            )
+        extras[key[len("--config.") :]] = value
     _check_keys(extras, "command line")
     clash = sorted(set(extras) & set(swept))
     if clash:
@@ -196,8 +213,9 @@ def parse_config(flags_: list[str], root: str):
 
     argv = ["main"] + [f if not f.startswith("--config=") else f"--config={_at(root, f[9:])}" for f in flags_]
     values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=False,
-                                    accept_new_attributes=True, sys_argv=argv)
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=values, lock_config=False, accept_new_attributes=True, sys_argv=argv
+    )
     try:
         values(argv)
     except (flags.Error, KeyError, ValueError, TypeError, OSError) as e:
@@ -222,8 +240,7 @@ class Run:
     record: dict = field(default_factory=dict)  # the manifest entry (status, exit code, ...)
 
 
-def plan(study: Study, overrides: list[dict], extras: dict[str, str], sweep_dir: str, *,
-         need_data: bool) -> list[Run]:
+def plan(study: Study, overrides: list[dict], extras: dict[str, str], sweep_dir: str, *, need_data: bool) -> list[Run]:
     """Every run, validated before anything trains. `need_data=False` (dry run, SLURM script) lets an
     unreadable dataset through: the data may live only on the cluster."""
     from inception_jax.models import profile, registry
@@ -242,16 +259,27 @@ def plan(study: Study, overrides: list[dict], extras: dict[str, str], sweep_dir:
             config = validation.validated(parse_config(flags_, study.root))
         except (SweepError, validation.ConfigError) as e:
             raise SweepError(f"run {n}: {e}") from None
-        run = Run(i, n, o, train_argv(flags_, os.path.join(sweep_dir, n)),
-                  total_steps=config.total_steps if config.total_steps > 0 else None)
-        data_key = (config.dataset.name, config.dataset.data_dir, config.dataset.train_split,
-                    config.dataset.eval_split)
+        run = Run(
+            i,
+            n,
+            o,
+            train_argv(flags_, os.path.join(sweep_dir, n)),
+            total_steps=config.total_steps if config.total_steps > 0 else None,
+        )
+        data_key = (config.dataset.name, config.dataset.data_dir, config.dataset.train_split, config.dataset.eval_split)
         if data_key not in datasets:
             datasets[data_key] = _num_classes(config, need_data)
         run.num_classes = datasets[data_key]
         if run.num_classes is not None:
-            model_key = json.dumps([_jsonable(dict(config.model)), config.input.image_size,
-                                    list(config.aux_loss_weights), run.num_classes], sort_keys=True)
+            model_key = json.dumps(
+                [
+                    _jsonable(dict(config.model)),
+                    config.input.image_size,
+                    list(config.aux_loss_weights),
+                    run.num_classes,
+                ],
+                sort_keys=True,
+            )
             if model_key not in models:
                 options = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
                 net = registry.create_model(config.model.name, **{"num_classes": run.num_classes, **options})
@@ -276,8 +304,11 @@ def _num_classes(config, need_data: bool) -> int | None:
     except (ValueError, FileNotFoundError) as e:
         if need_data:
             raise SweepError(" ".join(str(e).split())) from None
-        print(f"note: dataset {config.dataset.name!r} is not readable here ({type(e).__name__}); "
-              "parameter and MAC counts are left out", file=sys.stderr)
+        print(
+            f"note: dataset {config.dataset.name!r} is not readable here ({type(e).__name__}); "
+            "parameter and MAC counts are left out",
+            file=sys.stderr,
+        )
         return None
 
 

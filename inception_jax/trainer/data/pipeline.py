@@ -59,7 +59,8 @@ import itertools
 import logging
 import math
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -376,8 +377,10 @@ class _Records:
         records = [self._cached[k] for k in keys] if self._cached is not None else self._read_many(keys)
         if self._serialized:
             return (np.array(records, dtype=object),)
-        return (np.array([r["image"] for r in records], dtype=object),
-                np.array([int(r["label"]) for r in records], dtype=np.int64))
+        return (
+            np.array([r["image"] for r in records], dtype=object),
+            np.array([int(r["label"]) for r in records], dtype=np.int64),
+        )
 
     def rows(self, index_batches, num_rows: int) -> tf.data.Dataset:
         """`index_batches` (a generator function of (indices, extra) pairs) -> one element per row,
@@ -413,7 +416,9 @@ def _warn_no_random_access(config) -> None:
         "config.dataset.name=%r is stored without random access (tfrecord): each process reads its own shard "
         "of the split, so which examples form a batch depends on the number of processes. For the same "
         "batches on any cluster size, convert it once: tfds convert_format --dataset_version_dir=<its "
-        "folder> --out_file_format=array_record", config.dataset.name)
+        "folder> --out_file_format=array_record",
+        config.dataset.name,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -440,8 +445,9 @@ def make_train_iterator(
     if source is None:
         _warn_no_random_access(config)
         local = stop - start
-        ds = _stream_train(builder, config, channels, split, start // local, global_batch_size // local,
-                           local, start_step)
+        ds = _stream_train(
+            builder, config, channels, split, start // local, global_batch_size // local, local, start_step
+        )
     else:
         records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
         if records.size == 0:
@@ -461,8 +467,9 @@ def _stream_train(builder, config, channels, split, process_index, process_count
     sizes = [_split_size(builder, shard, "train_split", config) for shard in shards]
     shard_size = sizes[process_index]
     if shard_size == 0:
-        raise ValueError(f"config.dataset.train_split={split!r} leaves no examples for process "
-                         f"{process_index} of {process_count}")
+        raise ValueError(
+            f"config.dataset.train_split={split!r} leaves no examples for process {process_index} of {process_count}"
+        )
     first_index = sum(sizes[:process_index])  # Indices count within the whole split, across processes.
     base = _read(builder, shards[process_index]).enumerate(start=first_index)
     base = base.map(lambda i, ex: {**ex, "index": i})
@@ -515,13 +522,24 @@ def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
     channels = _channels(builder)
     eval_fn = _eval_fn(config, channels)
     size = int(config.input.image_size)
-    padding = {"image": tf.zeros([size, size, 3], tf.uint8), "label": tf.constant(0, tf.int32),
-               "mask": tf.constant(False)}
+    padding = {
+        "image": tf.zeros([size, size, 3], tf.uint8),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(False),
+    }
     split = config.dataset.eval_split
     source = _source(builder, split)
     if source is None:
-        return _stream_eval(builder, config, eval_fn, padding, split, start // (stop - start),
-                            global_batch_size // (stop - start), stop - start)
+        return _stream_eval(
+            builder,
+            config,
+            eval_fn,
+            padding,
+            split,
+            start // (stop - start),
+            global_batch_size // (stop - start),
+            stop - start,
+        )
     records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
     num_batches = math.ceil(records.size / global_batch_size)
     offsets = np.arange(start, stop, dtype=np.int64)

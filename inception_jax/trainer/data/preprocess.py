@@ -22,7 +22,7 @@ The recipes:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -119,7 +119,10 @@ def inception_crop(
 ) -> tf.Tensor:
     """Inception random-sized crop of a decoded image, resized to (image_size, image_size); no flip."""
     window = crop_window(
-        tf.shape(image), seed, area_range=area_range, aspect_ratio_range=aspect_ratio_range,
+        tf.shape(image),
+        seed,
+        area_range=area_range,
+        aspect_ratio_range=aspect_ratio_range,
         max_attempts=max_attempts,
     )
     crop = tf.slice(image, [window[0], window[1], 0], [window[2], window[3], -1])

@@ -93,8 +93,9 @@ class SamplePhotos(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": image, "label": label}  # bytes: stored as encoded, not re-encoded
 
 
-def ensure_prepared(data_dir: str | os.PathLike | None = None, *, num_train: int = NUM_TRAIN,
-                    seed: int = 0) -> tfds.core.DatasetBuilder:
+def ensure_prepared(
+    data_dir: str | os.PathLike | None = None, *, num_train: int = NUM_TRAIN, seed: int = 0
+) -> tfds.core.DatasetBuilder:
     """Returns the `sample_photos` builder for `data_dir` (None: TFDS default), building it there first
     if needed; offline, as `digits.ensure_prepared`."""
     builder = SamplePhotos(data_dir=data_dir, num_train=num_train, seed=seed)
