@@ -1,14 +1,11 @@
 """Fine-tuning a converted pretrained model on the built-in `digits` dataset (works offline).
 
-  inception-convert --model inception_v3 inception_v3.tv_in1k.safetensors v3.msgpack
   inception-train --config=configs/finetune_digits.py:init_from=v3.msgpack --workdir=runs/ft
 
-The model and its options are read from the file, so a file converted from timm, torchvision, Keras or
-pytorch-fid builds the network it was converted for; the classifier (and any aux head) is re-initialised
-for the 10 digit classes. The recipe is the usual transfer-learning one (torchvision's fine-tuning
-tutorial, Keras' transfer-learning guide): train the new head and the last `blocks` blocks of the
-backbone, at a tenth of the head's learning rate, with every BatchNorm layer frozen (small batches of
-upsampled 8x8 digits would give poor batch statistics). `:blocks=0` trains the head only (a linear probe).
+The model and its options come from the file, with a new 10-class classifier. The usual transfer recipe
+(torchvision's fine-tuning tutorial, Keras' transfer-learning guide): the head and the last `blocks`
+blocks train, the backbone at a tenth of the head's rate, every BatchNorm frozen (small batches of
+upsampled digits give poor statistics); `:blocks=0` trains the head only. Usage: docs/training.md.
 """
 
 from inception_jax.trainer.config import base_config, parse_arg

@@ -1,21 +1,8 @@
-"""GoogLeNet on CIFAR-10 with the published Keras recipe (the seed's reference run).
+"""GoogLeNet on CIFAR-10 with the published Keras recipe (the seed's reference run, REFERENCES.md §6).
 
-The recipe trains the 2014 paper's network on CIFAR-10 images resized to 224x224: both auxiliary
-classifiers with their losses weighted 0.3 (paper section 5), SGD with momentum 0.9, learning rate
-0.01 cut by 4% every 8 epochs (x 0.96, the paper's section 6 schedule), batch 256, 25 epochs. It
-reports 81.9% validation top-1 for the main classifier and 74.4% and 77.9% for the two auxiliary
-ones. It names no augmentation, weight decay or label smoothing, so none is used. The network is the
-paper's form (`configs/googlenet.py:paper`): true 5x5 branches, no BatchNorm (biased convolutions and
-local response normalisation), dropout 0.4 before the classifier and 0.7 in the heads. CIFAR-10 has
-no validation split; the 10,000-image test split is the eval split.
-
-Prepare CIFAR-10 once (about 160 MB, on a machine with network): `tfds build cifar10 --data_dir=DATA`,
-then
-
-  inception-train --config=configs/googlenet_cifar10.py --workdir=runs/googlenet_cifar10 \
-      --config.dataset.data_dir=DATA
-
-The trainer evaluates the main classifier only (the aux heads run in training, not at eval).
+The 2014 paper's network (`configs/googlenet.py:paper`: true 5x5 branches, LRN, no BatchNorm) on CIFAR-10
+resized to 224 px, both aux heads weighted 0.3, SGD with momentum, 0.01 x 0.96 every 8 epochs, batch 256,
+25 epochs; the recipe reports 81.9% top-1. Preparing the data and the command: docs/training.md.
 `:runlocal` shrinks it for a smoke run.
 """
 
@@ -34,12 +21,12 @@ def get_config(arg=None):
 
     c.dataset.name = "cifar10"
     c.dataset.train_split = "train"
-    c.dataset.eval_split = "test"
+    c.dataset.eval_split = "test"  # CIFAR-10 has no validation split
     c.dataset.shuffle_buffer = 10_000
     c.input.image_size = 224
     c.input.crop_pct = 1.0  # resize the whole 32x32 image, as the recipe does; no crop
     c.input.interpolation = "bilinear"
-    c.input.train_augment = "none"
+    c.input.train_augment = "none"  # the recipe names no augmentation, weight decay or label smoothing
 
     c.batch_size = 256
     c.eval_batch_size = 500

@@ -1,14 +1,9 @@
 """The scale every study runs at, shared so that studies compare like with like.
 
-The built-in digits set saturates near 98% with the quickstart model (README), which hides every
-difference. The studies use its low-data regime instead: the first 10% of the training split (150
-images, about 15 per digit; TFDS split slicing), a quarter of the quickstart's width, and a fixed
-number of steps of batch 32; every run is evaluated on the whole 297-image test split.
-GoogLeNet-sized studies keep the quickstart's 32 px; Inception-v2/v3/v4 and Inception-ResNet need at
-least 75 px, so their studies upsample the 8x8 digits to 75 px, and v4 / Inception-ResNet run one
-block per stage. Everything else is `configs/digits.py`'s recipe: SGD with Nesterov momentum 0.9,
-learning rate 0.05 with a one-epoch warmup and cosine decay, weight decay 5e-4, label smoothing 0.1,
-dropout 0.2.
+The quickstart's digits setting saturates near 98% and hides every difference, so the studies use its
+low-data regime: the first 10% of the training split (150 images), a quarter of the width, a fixed number
+of steps of batch 32, evaluation on the whole 297-image test split. GoogLeNet studies keep 32 px; the
+others need 75 px, with one block per stage for v4 and Inception-ResNet. The rest is `configs/digits.py`.
 """
 
 SEEDS = (0, 1, 2)

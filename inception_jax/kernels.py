@@ -1,15 +1,10 @@
 """Backend-specific formulations behind one switch: `kernels = "auto" | "xla" | "cpu"`.
 
-"xla" runs the libraries' own operations: `lax.conv_general_dilated`, Flax's `BatchNorm`, XLA's max
-pool and its derivative (`select_and_scatter`), optax's global norm. "cpu" runs reformulations of the
-same functions that XLA's CPU backend compiles into faster code (BENCHMARKS.md): 1x1 convolutions as
-2-D products, BatchNorm's training gradient written out with its per-channel sums as matrix-vector
-products, the max pool differentiated by picking its winning tap, global norms over one concatenation.
-
-"auto" (the default) follows the platform the program is built for, never the machine that traces it:
-the trainer's steps resolve it from their mesh (`for_platform`, entered with `use`), and anything traced
-outside such a scope stages both forms (`lax.platform_dependent`) for the lowering platform to choose.
-A model's `kernels` field, when not "auto", overrides the scope for its layers.
+"xla" runs the libraries' own operations; "cpu" runs rewrites of the same functions that XLA's CPU
+backend compiles into faster code (1x1 convolutions as products, BatchNorm's written-out gradient, the
+max pool's derivative by its winning tap, global norms over one concatenation). "auto" follows the
+platform the program is built for: the trainer resolves it from its mesh (`for_platform`, `use`); traced
+elsewhere, both forms are staged for the lowering platform to choose. Usage: docs/performance.md.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def steps_from(config: Any, steps_per_epoch: int) -> int:
 
 
 def make_schedule(config: Any, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-    """The learning rate per step from `config.schedule` (see TRAIN_BRIEF for the fields).
+    """The learning rate per step from `config.schedule` (fields: `inception_jax/trainer/config.py`).
 
     - "exponential": base * decay_rate ** (t / decay_steps), floored when `staircase`
       (v3/v4: 0.045 x 0.94 every 2 epochs; GoogLeNet: x 0.96 every 8 epochs).
@@ -127,22 +127,14 @@ def tf_rmsprop(
     momentum: float = 0.9,
     initial_scale: float = 1.0,
 ) -> optax.GradientTransformation:
-    """RMSProp exactly as TF1's `tf.train.RMSPropOptimizer` (the papers' optimizer).
+    """RMSProp exactly as TF1's `tf.train.RMSPropOptimizer` (the papers' optimizer):
 
-    TF1 (ApplyRMSProp kernel), with ms initialised to ones:
-        ms  = decay * ms + (1 - decay) * g**2
+        ms  = decay * ms + (1 - decay) * g**2        (ms starts at 1; TF2/Keras start it at 0)
         mom = momentum * mom + lr_t * g / sqrt(ms + eps)
         w   = w - mom
 
-    `optax.rmsprop(eps_in_sqrt=True, initial_scale=1.0, momentum=m)` is
-    chain(scale_by_rms, scale_by_learning_rate, trace): the learning rate is applied *before* the
-    momentum trace, so the trace accumulates -lr_t * g / sqrt(ms + eps), i.e. it is TF's `mom` with
-    the sign flipped, and the update it returns (the trace itself) is -mom. The learning rate of each
-    step therefore enters the accumulator at that step, as in TF, and the two agree under a changing
-    learning rate too (tests/test_optim.py checks one and three steps with lr 0.1, 0.05, 0.2 against
-    the TF formula in numpy). So this is a thin wrapper that fixes TF's defaults, not a new
-    transformation. (It would differ if the learning rate were applied after the trace, as
-    `lr_t * trace(g / sqrt(ms + eps))`; it is not.) TF2/Keras initialise ms to 0, not 1.
+    optax's `rmsprop` with TF's defaults fixed computes the same, also under a changing learning rate,
+    because it scales by lr_t before the momentum trace (REFERENCES.md §2.6; `tests/test_optim.py`).
     """
     return optax.rmsprop(
         learning_rate,
@@ -173,21 +165,14 @@ def kernel_mask(params: Any) -> Any:
 def make_optimizer(
     config: Any, steps_per_epoch: int, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The optax chain for `config.optimizer`, `config.grad_clip_norm` and `config.schedule`.
+    """`(transformation, schedule)` for `config.optimizer`, `config.grad_clip_norm` and `config.schedule`.
 
-    Order of the chain, with weight decay on kernels only (`kernel_mask`):
-      "l2":        g + wd * w  ->  clip by global norm  ->  optimizer
-        TF-slim puts `l2_regularizer(wd)` = wd * tf.nn.l2_loss(w) = wd * sum(w**2) / 2 in the loss, so
-        its gradient is wd * w (not 2 * wd * w), and the clipped gradient is that of the total loss,
-        regulariser included; hence decay first, then clipping. slim's 4e-5 is wd = 4e-5 here.
-      "decoupled": clip  ->  optimizer  ->  - lr_t * wd * w
-        AdamW-style (Loshchilov & Hutter): the decay skips the optimizer's scaling and momentum and is
-        scaled by the scheduled learning rate. For "adamw" this is optax.adamw's own decay.
-    Optimizers: "rmsprop" = `tf_rmsprop`; "sgd" = optax.sgd (momentum, nesterov); "adamw" = optax.adamw
-    (b1, b2, optax's eps 1e-8: `config.optimizer.eps` is RMSProp's, 1.0 in the papers, and is not used).
-    "adamw" with weight_decay_mode "l2" is Adam plus L2 in the gradient (its own decay set to 0).
-
-    Returns (transformation, schedule); the schedule is returned so the trainer can log lr per step.
+    Weight decay applies to kernels only (`kernel_mask`), in one of two orders:
+      "l2":        g + wd * w  ->  clip by global norm  ->  optimizer   (TF-slim's L2 loss term, whose
+                   gradient is wd * w: slim's 4e-5 is wd = 4e-5; REFERENCES.md §2.6)
+      "decoupled": clip  ->  optimizer  ->  - lr_t * wd * w           (AdamW-style; optax.adamw's own)
+    "rmsprop" is `tf_rmsprop`, "sgd" optax.sgd, "adamw" optax.adamw with optax's eps 1e-8
+    (`config.optimizer.eps` is RMSProp's only). The schedule comes back so the trainer can log it.
     """
     opt = config.optimizer
     schedule = make_schedule(config, steps_per_epoch, total_steps)

@@ -1,35 +1,9 @@
-"""BN-Inception (Ioffe & Szegedy 2015), as released by TF-slim under the name `inception_v2`.
+"""BN-Inception (Ioffe & Szegedy 2015, arXiv:1502.03167), as TF-slim releases it under the name `inception_v2`.
 
-TF-slim's `inception_v2.py` is the batch-normalised Inception of the BN paper, not the "Inception-v2"
-of *Rethinking* (its section 6; REFERENCES.md §1.2). No PyTorch reference exists (timm, torchvision and Keras lack it;
-Cadene's `bninception` is a different, Caffe-trained graph), so this follows the slim definition:
-
-* stem: a separable 7x7/2 conv (depthwise with channel multiplier 8, i.e. 3 -> 24 channels, then a
-  pointwise 1x1 to 64; BN and ReLU after the pointwise conv only), max pool 3x3/2, 1x1 64, 3x3 192,
-  max pool 3x3/2;
-* ten Inception modules Mixed_3b..Mixed_5c: 1x1 | 1x1-3x3 | 1x1-3x3-3x3 (the BN paper's change from
-  GoogLeNet: the 5x5 conv factorised into two 3x3) | pool-1x1, with slim's pools (3x3/1 average,
-  except a max pool in Mixed_5c); Mixed_4a and Mixed_5a are the stride-2 modules (3x3/2 convs
-  ending two branches, and a 3x3/2 max pool branch without projection);
-* global average pool (slim's `global_pool=True`; slim's default is a fixed 7x7 pool, which equals it
-  at 224), dropout (slim keep_prob 0.8 -> rate 0.2), a 1x1 conv with bias to the logits, no aux head;
-* 'SAME' padding on every conv and pool, also the stride-2 ones (asymmetric for even inputs), so the
-  default `padding_mode` is "tf". `padding_mode="torch"` pads every op symmetrically with k // 2,
-  which gives the same output sizes at every input size but not the same sampling grid. Average
-  pools exclude the padding in both modes (TF semantics).
-
-Module names are slim's scope names, nested as in slim (`Mixed_3b/Branch_2/Conv2d_0c_3x3`), each
-conv holding `conv` and `bn` children (slim: `weights`, `BatchNorm/beta`): a slim checkpoint maps
-over by name (the stem's `depthwise_weights` [7, 7, 3, 8] reshape to our (7, 7, 1, 24) kernel; the
-logits conv [1, 1, 1024, 1001] loses row 0, the background class).
-
-`bn_use_scale=True` (default) gives BN a learned gamma, as timm and torchvision do everywhere. TF-slim
-trains with `scale=False` (beta only), so slim checkpoints need `bn_use_scale=False`; slim's BN decay
-0.9997 is `bn_momentum=0.9997` (the default 0.9 is PyTorch's 0.1). `width_multiplier` is slim's
-`depth_multiplier`, applied to every conv (at least 16 channels) and to the stem's depthwise
-multiplier as slim does: min(int(depth(64) / 3), 8).
-`factorize_5x5=False` puts a true 5x5 conv in place of each pair of 3x3 convs (stride 2 in Mixed_4a
-and Mixed_5a), for the BN paper's 5x5-vs-double-3x3 comparison.
+Not the "Inception-v2" of Rethinking (REFERENCES.md §1.2). No PyTorch reference has this graph, so it
+follows slim's `inception_v2.py`: separable 7x7 stem, double-3x3 modules, 'SAME' padding everywhere
+(asymmetric for stride 2 on even sizes), and slim's scope names, so a slim checkpoint maps over by name
+(REFERENCES.md §3.1, §3.2, §3.4). What the switches and options mean: REFERENCES.md §3.9.
 """
 
 from __future__ import annotations
@@ -196,8 +170,8 @@ class SeparableConvBN(nn.Module):
 
 
 class Logits(nn.Module):
-    """slim's `Logits` scope: global average pool, dropout, 1x1 conv with bias (here a Dense; none
-    when `num_classes=0`, which returns the pooled features)."""
+    """slim's `Logits` scope: global average pool (slim's `global_pool=True`; its default fixed 7x7 pool
+    is the same at 224 px), dropout, 1x1 conv with bias (here a Dense; none when `num_classes=0`)."""
 
     num_classes: int
     dropout_rate: float = 0.2
@@ -216,14 +190,12 @@ class Logits(nn.Module):
 
 
 class BNInception(nn.Module):
-    """BN-Inception / TF-slim `inception_v2` (see the module docstring).
+    """BN-Inception / TF-slim `inception_v2`.
 
-    `model.apply(variables, images, train=..., return_endpoints=False)` takes NHWC images normalised
-    with mean = std = 0.5 and returns `(logits, out)`: `out["pre_logits"]` (the pooled 1024-d
-    features, before dropout; `num_classes=0` returns them as the logits), `out["aux_logits"]`
-    (always empty: there is no aux head, so `aux_logits=True` changes nothing) and, with
-    `return_endpoints=True`, every named stage's output in network order, keyed by slim's end-point
-    names: `Conv2d_1a_7x7`, `Conv2d_2b_1x1`, `Conv2d_2c_3x3`, `Mixed_3b` ... `Mixed_5c`.
+    Takes NHWC images normalised with mean = std = 0.5; returns `(logits, out)`: `out["pre_logits"]`,
+    the pooled 1024-d features before dropout; `out["aux_logits"]`, always `()` (no aux head); with
+    `return_endpoints=True`, every stage by slim's end-point name: `Conv2d_1a_7x7`, `Conv2d_2b_1x1`,
+    `Conv2d_2c_3x3`, `Mixed_3b` ... `Mixed_5c`.
     """
 
     num_classes: int = 1000
@@ -236,7 +208,7 @@ class BNInception(nn.Module):
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
     bn_momentum: float = 0.9  # Flax convention (PyTorch's 0.1); slim trains with 0.9997
     bn_epsilon: float = 1e-3
-    padding_mode: PaddingMode = "tf"
+    padding_mode: PaddingMode = "tf"  # "torch": k // 2 on every op, same sizes but another sampling grid
     avg_pool_count_include_pad: bool = False  # slim (TF 'SAME') excludes padding from the count
     in_channels: int = 3
     dtype: Dtype | None = None

@@ -1,37 +1,9 @@
-"""GoogLeNet (Inception-v1), as released by TF-slim and torchvision, plus the 2014 paper's forms.
+"""GoogLeNet / Inception-v1 (Szegedy et al. 2014, "Going deeper with convolutions", arXiv:1409.4842).
 
-Szegedy et al., "Going deeper with convolutions" (2014). The default module is torchvision's
-`googlenet` (a port of the TF-slim checkpoint) layer for layer, with module names matching its
-state_dict, so `inception_jax.tools.convert.from_torch("googlenet", ...)` loads it by name. Quirks kept for
-parity (REFERENCES.md §3.1, §3.2):
-
-* conv1 is 7x7/2 with symmetric padding 3 (TF 'SAME' would pad (2, 3) and shift the grid);
-* every max pool uses PyTorch `ceil_mode=True`; maxpool4 is 2x2/2, not the paper's 3x3/2;
-* the "5x5" branch is a 3x3 conv (TF-slim's bug, kept by torchvision: pytorch/vision#906);
-* BatchNorm (eps 1e-3) after every conv, no LRN; main dropout 0.2 (the paper: 0.4);
-* aux heads: adaptive average pool to 4x4 (PyTorch's variable windows), 1x1 conv 128, fc1 1024, ReLU,
-  dropout 0.7, fc2 (the paper: avg pool 5x5/3, which agrees in output size at 224 but not in windows).
-
-`transform_input` is not implemented: it only maps ImageNet-mean/std-normalised input to the TF
-[-1, 1] range the weights expect, so the data config normalises with mean = std = 0.5 instead
-(REFERENCES.md §3.1; timm's torchvision ports do the same).
-
-Design switches for the paper's comparisons (all default to torchvision's model):
-
-* `branch3_kernel=5`: the paper's true 5x5 conv in the third branch.
-* `naive=True`: the paper's Fig. 2a "naive" Inception module: no 1x1 reductions before the 3x3 and
-  5x5 convs and no projection after the pool, so every module outputs 1x1 + 3x3 + 5x5 + *its input*
-  channels. The width therefore grows with depth (192 -> 416 -> 832 -> ... -> 4944 channels at
-  inception5b) and the cost explodes, which is the paper's argument for the reductions (Sec. 4).
-* `norm="lrn"`: the 2014 network (paper Table 1 / BVLC Caffe prototxt): no BatchNorm, biased convs,
-  local response normalisation after maxpool1 and after conv3. Its dropout rates are 0.4 (main) and
-  0.7 (aux): pass `dropout_rate=0.4` for the paper's form. The aux heads keep torchvision's adaptive
-  4x4 pool (not the paper's 5x5/3).
-* `padding_mode="tf"`: TF 'SAME' padding on every conv and pool (TF-slim `inception_v1`, whose
-  checkpoint expects it). 'SAME' would also run inputs below 15x15, but the 15 floor is kept in both
-  modes so the registry's `min_input_size` holds for every option.
-* `width_multiplier`: TF-slim's `depth_multiplier` on every conv (at least 16 channels); the aux
-  heads' fc1 stays 1024 wide.
+The default is torchvision's `googlenet` (a port of the TF-slim checkpoint) layer for layer, with its
+module names, so its weights load by name (`tools.convert.from_torch`), quirks included: ceil-mode
+pools, a 2x2 maxpool4, a 3x3 conv in the "5x5" branch, BatchNorm and no LRN (REFERENCES.md §3.1,
+§3.2). Switches give the 2014 paper's forms for its comparisons (REFERENCES.md §3.9).
 """
 
 from __future__ import annotations
@@ -103,7 +75,7 @@ class Inception(nn.Module):
 
 class InceptionAux(nn.Module):
     """Auxiliary classifier: adaptive avg pool 4x4 -> 1x1 conv 128 -> flatten -> fc1 1024 -> ReLU ->
-    dropout -> fc2.
+    dropout -> fc2 (torchvision's; the paper pools 5x5/3, the same 4x4 at 224 px but other windows).
 
     The flatten is NHWC (h, w, c) order; torchvision's is NCHW, so its fc1 weight columns are
     permuted on import (`torch_fixup` below).
@@ -129,19 +101,13 @@ class InceptionAux(nn.Module):
 
 
 class GoogLeNet(nn.Module):
-    """GoogLeNet / Inception-v1 (torchvision `googlenet` by default; see the module docstring).
+    """GoogLeNet / Inception-v1 (torchvision `googlenet` by default).
 
-    `model.apply(variables, images, train=..., return_endpoints=False)` takes NHWC images normalised
-    with mean = std = 0.5 (at least 15x15) and returns `(logits, out)`:
-
-    * `out["pre_logits"]`: the pooled 1024-d features, before dropout (`num_classes=0` returns them
-      as the logits);
-    * `out["aux_logits"]`: in train mode with `aux_logits=True`, the tuple `(aux1, aux2)`, ordered from
-      the shallow head (on inception4a) to the deep one (on inception4d). torchvision returns
-      `GoogLeNetOutputs(logits, aux_logits2, aux_logits1)`, deep head first. Empty in eval mode, as
-      torchvision returns no aux logits there; `init` creates the heads' parameters in either mode;
-    * with `return_endpoints=True`, every named stage's output in network order: `conv1`, `conv2`,
-      `conv3`, `inception3a` ... `inception5b`.
+    Takes NHWC images normalised with mean = std = 0.5 (which replaces torchvision's `transform_input`),
+    at least 15x15; returns `(logits, out)`: `out["pre_logits"]`, the pooled 1024-d features before
+    dropout; `out["aux_logits"]`, `(aux1, aux2)` in train mode with `aux_logits=True`, shallow head first
+    (torchvision returns the deep one first), else `()` (`init` creates the heads either way); with
+    `return_endpoints=True`, every named stage: `conv1`, `conv2`, `conv3`, `inception3a` ... `inception5b`.
     """
 
     num_classes: int = 1000
@@ -149,14 +115,14 @@ class GoogLeNet(nn.Module):
     dropout_rate: float = 0.2  # torchvision / slim; the paper: 0.4
     aux_dropout_rate: float = 0.7
     branch3_kernel: int = 3  # 5: the paper's true 5x5
-    naive: bool = False  # True: the paper's Fig. 2a modules, without 1x1 reductions
-    norm: str = "batchnorm"  # "batchnorm" (torchvision/slim) | "lrn" (the 2014 paper)
-    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16)
+    naive: bool = False  # True: the paper's Fig. 2a modules, no 1x1 reductions; widths grow to 4944
+    norm: str = "batchnorm"  # "batchnorm" (torchvision/slim) | "lrn" (the 2014 paper: biased convs, LRN)
+    width_multiplier: float = 1.0  # TF-slim's depth_multiplier (every conv width scaled, min 16; aux fc1 stays 1024)
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     remat: bool = False  # gradient checkpointing per Inception block (layers.remat_if): less memory, more compute
     kernels: str = "auto"  # CPU forms or XLA's operations (inception_jax.kernels); "auto" by platform
-    padding_mode: PaddingMode = "torch"
+    padding_mode: PaddingMode = "torch"  # "tf": 'SAME' everywhere, as slim's inception_v1 checkpoint expects
     in_channels: int = 3
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32

@@ -1,48 +1,10 @@
 """Inception-ResNet-v1 and -v2 (Szegedy et al. 2016, "Inception-v4, Inception-ResNet and the Impact of
-Residual Connections on Learning").
+Residual Connections on Learning", arXiv:1602.07261).
 
-`inception_resnet_v2` is timm's `inception_resnet_v2` (Cadene's port of TF-slim) layer for layer, with
-module names matching its state_dict so `inception_jax.tools.convert.from_torch` loads timm weights by name:
-`conv2d_1a` ... `conv2d_4a`, `mixed_5b`, `repeat_0..9` (timm's Sequential `repeat.N`), `mixed_6a`,
-`repeat_1_0..19`, `mixed_7a`, `repeat_2_0..8`, `block8`, `conv2d_7b`, `classif`. Like the released TF
-graph (and unlike the paper, which gives IR-v2 the v4 stem of Fig. 3) its stem is Inception-v3's plus a
-`mixed_5b` block. Quirks kept for parity (REFERENCES.md §2.4, §3.1):
-
-* residual branches are scaled before the sum: 0.17 (35x35 Block35), 0.10 (17x17 Block17), 0.20 (8x8
-  Block8), following the v4 paper's section 3.3, "Scaling of the Residuals" (factors between 0.1 and
-  0.3 stabilise training); the final `block8` has scale 1.0 and no ReLU;
-* each block's residual "up" conv (`conv2d`) is a plain 1x1 conv with a bias and no BatchNorm;
-* every stride-2 op is VALID; `mixed_5b`'s average pool excludes the padding; BatchNorm eps 1e-3.
-
-`inception_resnet_v1` is the paper's network, which no library ships with ImageNet weights: stem of
-Fig. 14, 5 x Inception-ResNet-A (Fig. 10), Reduction-A (Fig. 7, k, l, m, n = 192, 192, 256, 384),
-10 x Inception-ResNet-B (Fig. 11), Reduction-B (Fig. 12), 5 x Inception-ResNet-C (Fig. 13), average pool,
-dropout, 1792-d features; 22,756,328 parameters at 1000 classes. Names follow our IR-v2 (timm) scheme
-on facenet's `inception_resnet_v1` layout (TF-slim scopes Conv2d_1a_3x3 ... Conv2d_4b_3x3, Repeat,
-Mixed_6a, Repeat_1, Mixed_7a, Repeat_2): the stem is IR-v2's through `conv2d_4a`, then `conv2d_4b`
-(Fig. 14's 3x3/2 256 conv, facenet's Conv2d_4b_3x3); then `repeat_0..4`, `mixed_6a`, `repeat_1_0..9`,
-`mixed_7a`, `repeat_2_0..4`, `classif`; block children as in IR-v2 (`branch0`, `branch1_0`, ...,
-`conv2d`). All five C blocks are scaled and end in a ReLU like the others (the paper
-draws no special last block; facenet's sixth, unscaled block without ReLU is not part of it). The
-residual scales, bias-without-BN "up" convs and BN eps follow IR-v2 / TF-slim.
-
-Options beyond the family's common ones:
-
-* `residual_scales=(a, b, c)`: the 35x35, 17x17 and 8x8 residual scales (the final IR-v2 `block8`
-  keeps 1.0). Parameters do not change.
-* `depths=(a, b, c)`: how many 35x35, 17x17 and 8x8 residual blocks (`repeat_*`, `repeat_1_*`,
-  `repeat_2_*`): IR-v2's released 10, 20, 9 (plus the final `block8`; the paper's Fig. 15 draws
-  5, 10, 5 for both versions) and IR-v1's 5, 10, 5; for depth ablations and quick smoke runs. Other
-  depths add or drop `repeat` blocks, so timm checkpoints no longer load (the converter lists the
-  missing or extra keys).
-* `aux_logits=True`: TF-slim's IR-v2 auxiliary classifier on PreAuxLogits (after the 17x17 blocks,
-  `repeat_1_*`): avg pool 5x5/3 -> 1x1 128 -> conv 768 over the whole map -> flatten -> dense;
-  3,367,656 parameters at 1000 classes for IR-v2 (59,211,120 in all). IR-v1 gets the same head on its
-  896-channel 17x17 grid (no reference has one; 3,343,080 parameters, 26,099,408 in all).
-* `factorize_nxn=False`: each sequential 1xn / nx1 pair becomes one nxn conv with the pair's output
-  width, named after the pair's first conv (`branch1_1`): the 1x7/7x1 pair of every 17x17 block and the
-  1x3/3x1 pair of every 8x8 block.
-* `dropout_rate`: IR-v2 defaults to timm's 0.0, IR-v1 to the paper's keep_prob 0.8 (0.2; Fig. 15).
+`inception_resnet_v2` is timm's `inception_resnet_v2` layer for layer, with its module names, so its
+weights load by name (`tools.convert.from_torch`); like the released TF graph it has v3's stem plus
+`mixed_5b`, not the paper's, and scaled residuals (REFERENCES.md §2.4, §3.1). `inception_resnet_v1` is
+the paper's network, which nobody ships for ImageNet, on facenet's layout (REFERENCES.md §3.8).
 """
 
 from __future__ import annotations
@@ -237,7 +199,7 @@ class _InceptionResNet(nn.Module):
     num_classes: int = 1000
     aux_logits: bool = False
     dropout_rate: float = 0.0
-    residual_scales: tuple[float, float, float] = RESIDUAL_SCALES
+    residual_scales: tuple[float, float, float] = RESIDUAL_SCALES  # 35x35, 17x17, 8x8; IR-v2's last block8: 1.0
     factorize_nxn: bool = True
     # timm/TF exclude padding; True counts it (PyTorch default). Only IR-v2's Mixed_5b has a padded
     # average pool: IR-v1 has none, so there the switch changes nothing.
@@ -311,17 +273,14 @@ def _endpoint_recorder(out: dict, enabled: bool):
 
 
 class InceptionResNetV2(_InceptionResNet):
-    """Inception-ResNet-v2 (timm `inception_resnet_v2`; see the module docstring).
+    """Inception-ResNet-v2 (timm `inception_resnet_v2`).
 
-    `model.apply(variables, images, train=...)` takes NHWC images normalised with mean = std = 0.5 and
-    returns `(logits, out)`: `out["pre_logits"]` is the pooled 1536-d feature vector (before dropout;
-    `num_classes=0` returns it as the logits), `out["aux_logits"]` a tuple with the aux head's logits in
-    train mode (empty in eval mode or when `aux_logits=False`). With `return_endpoints=True`, `out` also
-    holds every stage's output in network order, named as timm's `layer_names` (the block repeats as a
-    whole: `repeat`, `repeat_1`, `repeat_2`): `conv2d_1a`, `conv2d_2a`, `conv2d_2b`, `conv2d_3b`,
-    `conv2d_4a`, `mixed_5b`, `repeat`, `mixed_6a`, `repeat_1`, `mixed_7a`, `repeat_2`, `block8`,
-    `conv2d_7b`. timm's feature_info taps are `conv2d_2b` (stride 2), `conv2d_4a` (4), `repeat` (8),
-    `repeat_1` (16) and `conv2d_7b` (32).
+    Takes NHWC images normalised with mean = std = 0.5; returns `(logits, out)`: `out["pre_logits"]`,
+    the pooled 1536-d features before dropout; `out["aux_logits"]`, the aux head's logits in train mode
+    (else `()`); with `return_endpoints=True`, every stage named as timm's `layer_names`: `conv2d_1a`,
+    `conv2d_2a`, `conv2d_2b`, `conv2d_3b`, `conv2d_4a`, `mixed_5b`, `repeat`, `mixed_6a`, `repeat_1`,
+    `mixed_7a`, `repeat_2`, `block8`, `conv2d_7b` (timm's feature_info taps: `conv2d_2b`, `conv2d_4a`,
+    `repeat`, `repeat_1`, `conv2d_7b`, at strides 2 to 32).
     """
 
     depths: tuple[int, int, int] = (10, 20, 9)  # the released graph's Repeat, Repeat_1, Repeat_2
@@ -359,7 +318,7 @@ class InceptionResNetV2(_InceptionResNet):
 
 
 class InceptionResNetV1(_InceptionResNet):
-    """Inception-ResNet-v1, the v4 paper's configuration (see the module docstring).
+    """Inception-ResNet-v1, the v4 paper's configuration (REFERENCES.md §3.8).
 
     Returns `(logits, out)` as IR-v2 does; `pre_logits` is 1792-d. Endpoints with `return_endpoints=True`,
     in network order: `conv2d_1a`, `conv2d_2a`, `conv2d_2b` (stride 2), `conv2d_3b`, `conv2d_4a` (4),

@@ -1,86 +1,10 @@
-"""Inception-v3 and the Rethinking paper's Inception-v2 (Szegedy et al. 2015, "Rethinking the Inception
-Architecture for Computer Vision", arXiv:1512.00567).
+"""Inception-v3 and the Rethinking paper's Inception-v2 (Szegedy et al., arXiv:1512.00567).
 
-`inception_v3` is exactly timm's / torchvision's `inception_v3` (timm's file is a copy of torchvision's):
-the same module tree and names (`Conv2d_1a_3x3` ... `Mixed_7c`, branches `branch1x1`, `branch5x5_1`,
-`branch3x3dbl_1`, `branch_pool`, ..., `AuxLogits/{conv0,conv1,fc}`, classifier `fc`), so their
-state_dicts load by name through `inception_jax.tools.convert.from_torch`, and the logits match. The quirks
-that matter for that parity (REFERENCES.md §3.1, §3.2):
-
-* Average pools inside the blocks are 3x3/1 pad 1 with `count_include_pad=True` (PyTorch's default, kept by
-  torchvision and timm). `avg_pool_count_include_pad=False` gives the TF / Keras / slim semantics instead.
-* Every stride-2 conv and pool is unpadded (VALID); every padded op is stride 1 with an odd kernel, so the
-  symmetric PyTorch pads equal TF 'SAME' here and there is no asymmetric-padding issue.
-* BatchNorm epsilon 1e-3 (slim's `batch_norm_epsilon`), momentum 0.9 in Flax's convention (PyTorch's 0.1).
-* `dropout_rate` defaults to 0.5 before the classifier, as torchvision; timm's default `drop_rate` is 0.
-* The aux head (`aux_logits=True`, torchvision's default, timm's is False) sits on Mixed_6e: avg pool
-  5x5/3 -> conv0 1x1 128 -> conv1 5x5 768 -> global average pool -> fc. Its logits come back in train
-  mode only, as `out["aux_logits"] == (aux,)`, like torchvision (timm also returns them in eval mode);
-  `init` creates its parameters in either mode. timm and torchvision need Mixed_6e to be at least 17x17
-  (input >= 299) for it, or conv1 fails; below that we pool Mixed_6e adaptively to 5x5 (PyTorch's
-  `adaptive_avg_pool2d` bins) instead of 5x5/3, so the head keeps its parameters and still trains on
-  small inputs. From 299 up it is the reference's head exactly.
-* `width_multiplier` is TF-slim's `depth_multiplier` (every conv width scaled, at least 16 channels);
-  `padding_mode="tf"` writes the padded ops as TF 'SAME', which for this network is the same numbers.
-
-`model.apply(variables, images, train=..., return_endpoints=False)` returns `(logits, out)`:
-`out["pre_logits"]` is the pooled 2048-d feature vector (before dropout; `num_classes=0` returns it as the
-logits), `out["aux_logits"]` the tuple above, and with `return_endpoints=True` `out` also holds every
-named stage's output, in network order (`Conv2d_1a_3x3` ... `Conv2d_4a_3x3`, `Mixed_5b` ... `Mixed_7c`;
-timm's feature_info taps are Conv2d_2b_3x3, Conv2d_4a_3x3, Mixed_5d, Mixed_6e, Mixed_7c). Images are NHWC,
-normalised with mean = std = 0.5 (see `registry.DataConfig`), at least 75x75.
-
-Design switches (module fields), each an ablation the paper names; the defaults give Inception-v3:
-
-* `factorize_7x7` (Table 3 row "+ Factorized 7x7": "Factorized 7 x 7 includes a change that factorizes the
-  first 7 x 7 convolutional layer into a sequence of 3 x 3 convolutional layers"; section 6: "we have
-  factorized the traditional 7 x 7 convolution into three 3 x 3 convolutions"). In the released graph
-  those three are Conv2d_1a_3x3 (3x3/2, 32), Conv2d_2a_3x3 (3x3, 32) and Conv2d_2b_3x3 (3x3 padded, 64).
-  `False` replaces them by the single "traditional" 7x7/2 conv with 64 filters (GoogLeNet's and
-  BN-Inception's first layer), named `Conv2d_1a_7x7` as TF-slim names that layer in inception_v1/v2.
-  It is unpadded: a 7x7/2 VALID conv gives exactly the three 3x3 convs' output size for every input size
-  (both are floor((n - 3) / 2) - 1) and the same output centres, so everything after it is unchanged.
-* `bn_aux` (Table 3 row "+ BN-auxiliary": "BN-auxiliary refers to the version in which the fully
-  connected layer of the auxiliary classifier is also batch-normalized, not just the convolutions";
-  Figure 8: "Batch normalization [7] of the layers in the side head results in a 0.4% absolute gain in
-  top-1 accuracy"). In the released graph the aux head's fully connected hidden layer is `conv1`, a 5x5
-  VALID conv on the 5x5 pooled map, i.e. a fully connected layer written as a conv; `fc` is the logits
-  layer, which no version normalises. So `bn_aux=False` turns only `conv1` into a biased conv + ReLU
-  without BN, and keeps BN on `conv0`, the genuine 1x1 convolution the paper says was already
-  normalised ("not just the convolutions"). Only meaningful with `aux_logits=True`.
-* `factorize_nxn` (section 3.2, "Spatial Factorization into Asymmetric Convolutions": "one can replace
-  any n x n convolution by a 1 x n convolution followed by a n x 1 convolution ... very good results can
-  be achieved by using 1 x 7 convolutions followed by 7 x 1 convolutions"). `False` replaces each
-  consecutive 1x7/7x1 pair in Mixed_6b-6e (the paper's Figure 6 modules) by one full 7x7 conv with the
-  pair's output width: `branch7x7` becomes 1x1 -> 7x7, `branch7x7dbl` becomes 1x1 -> 7x7 -> 7x7 (the
-  7x7 convs take the names `branch7x7_2`, `branch7x7dbl_2`, `branch7x7dbl_3`). Mixed_7a's 1x7/7x1 pair is
-  a grid-reduction module the paper draws without them (Figure 10) and is left as released.
-* `inception_a_5x5` (the 35x35 modules Mixed_5b-5d). The released graph has a real 5x5 branch (1x1 48 ->
-  5x5 64) next to the double-3x3 branch (1x1 64 -> 3x3 96 -> 3x3 96), while Figure 5 ("Inception modules
-  where each 5 x 5 convolution is replaced by two 3 x 3 convolution") draws 1x1 -> 3x3 in that branch
-  and section 6 calls these "3 traditional inception modules". `"5x5"` is the released graph; `"3x3"` is
-  Figure 5 as drawn (branch5x5_2 becomes a 3x3 conv, 48 -> 64); `"3x3x2"` applies section 3.1's
-  factorisation to the remaining 5x5 (1x1 48 -> 3x3 64 -> 3x3 64, names branch5x5_2 and branch5x5_3;
-  the intermediate width equals the output width, as in the released double-3x3 branch).
-
-`fid_inception_v3` is the network FID is defined with: TF's 2015-12-05 Inception graph as pytorch-fid
-rebuilds it (`FIDInceptionA/C/E_1/E_2`): every block's average pool excludes the padding, Mixed_7c's pool
-branch is a 3x3/1 max pool (`mixed_7c_pool="max"`), 1008 classes, no aux head. pytorch-fid's
-`pt_inception-2015-12-05` state_dict loads by name through `from_torch`. `bn_use_scale=False` drops
-BatchNorm's gamma, as Keras' InceptionV3 builds it (`inception_jax.tools.convert.from_keras`).
-
-`inception_v2` is the paper's intermediate "Inception-v2" (Table 3), of which no code or weights exist.
-Table 3 lists it, then rows adding RMSProp, Label Smoothing, Factorized 7 x 7 and BN-auxiliary (the last
-is Inception-v3), and section 10 says "Each Inception-v2 line shows the result of the cumulative
-changes including the highlighted new modification plus all the earlier ones". We read the architecture
-of the "Inception-v2" row as Inception-v3 before the two architectural rows: `factorize_7x7=False`,
-`bn_aux=False`; RMSProp and label smoothing are training settings (the config's optimizer and
-`label_smoothing`), not the model's. This is an interpretation: section 6, which introduces
-"Inception-v2", already says the 7x7 was factorised, and its Table 1 stem (conv 3x3 80 -> conv 3x3/2 192
--> conv 3x3 288 before the 35x35 modules) is not the released graph (REFERENCES.md §1.2, "Paper vs
-released graph"). We keep the released graph's blocks everywhere else, so v2 and v3 differ only in those two
-switches. The paper's 3.8 vs 4.8 billion ops for v2 vs v3 is not reproduced by this reading (the stem
-change costs about 0.41 GMACs at 299).
+`inception_v3` is timm's / torchvision's `inception_v3` layer for layer, with their module names, so
+their weights load by name (`tools.convert.from_torch`); its pools, padding and BatchNorm follow them
+(REFERENCES.md §3.1, §3.2). The paper's ablations are module switches placed on that released graph,
+and `inception_v2` is our reading of Table 3's "Inception-v2" row (REFERENCES.md §3.7).
+`fid_inception_v3` is the 2015-12-05 graph FID is defined with (REFERENCES.md §8).
 """
 
 from __future__ import annotations
@@ -253,7 +177,8 @@ class InceptionAux(nn.Module):
     """Aux classifier on Mixed_6e (Figure 8): avg pool 5x5/3 -> 1x1 128 -> 5x5 768 -> global pool -> fc.
 
     `bn_aux=False` drops BN from `conv1` (the head's fully connected hidden layer) and gives it a bias;
-    see the module docstring for why `conv0` keeps its BN. Inputs below 17x17 are pooled adaptively.
+    `conv0` keeps its BN (REFERENCES.md §3.7). The reference needs Mixed_6e at least 17x17 (input >= 299);
+    below that we pool adaptively to 5x5 (PyTorch's bins), so the head keeps its parameters and trains.
     """
 
     num_classes: int
@@ -266,7 +191,7 @@ class InceptionAux(nn.Module):
     def __call__(self, x, train: bool = False):
         if min(x.shape[1], x.shape[2]) >= AUX_MIN_GRID:
             x = layers.avg_pool(x, 5, 3, 0, count_include_pad=True)  # unpadded: the flag has no effect
-        else:  # the reference fails here; keep the head usable on small inputs (module docstring)
+        else:  # the reference fails here; keep the head usable on small inputs
             x = layers.adaptive_avg_pool(x, 5)
         x = self.conv(128, 1, name="conv0")(x, train)
         x = self.conv(768, 5, use_bn=self.bn_aux, name="conv1")(x, train)
@@ -277,17 +202,22 @@ class InceptionAux(nn.Module):
 class InceptionV3(nn.Module):
     """Inception-v3 as timm/torchvision build it, with the Rethinking paper's design switches.
 
-    Returns `(logits, out)`; see the module docstring for `out` and for what each switch does.
+    Takes NHWC images normalised with mean = std = 0.5, at least 75x75; returns `(logits, out)`:
+    `out["pre_logits"]`, the pooled 2048-d features before dropout (the logits when `num_classes=0`);
+    `out["aux_logits"]`, `(aux,)` in train mode with `aux_logits=True`, else `()` (torchvision's
+    behaviour; `init` creates the head either way); with `return_endpoints=True`, every named stage in
+    network order, `Conv2d_1a_3x3` ... `Conv2d_4a_3x3`, `Mixed_5b` ... `Mixed_7c`.
     """
 
     num_classes: int = 1000
     aux_logits: bool = False  # timm's default; torchvision's is True (the paper trains with it)
     dropout_rate: float = 0.5  # torchvision's; timm's default drop_rate is 0
     avg_pool_count_include_pad: bool = True  # False: TF/Keras/slim average pools
-    factorize_7x7: bool = True
-    bn_aux: bool = True
-    factorize_nxn: bool = True
-    inception_a_5x5: InceptionA5x5 = "5x5"
+    # The paper's switches, read on the released graph (REFERENCES.md §3.7):
+    factorize_7x7: bool = True  # False: one unpadded 7x7/2 conv, `Conv2d_1a_7x7`, for the stem's three 3x3s
+    bn_aux: bool = True  # False: the aux head's `conv1` (its fully connected layer) without BN
+    factorize_nxn: bool = True  # False: Mixed_6b-6e's 1x7/7x1 pairs as 7x7 convs (names of each pair's first)
+    inception_a_5x5: InceptionA5x5 = "5x5"  # Mixed_5b-5d's 5x5 branch: "3x3" (Figure 5) or "3x3x2"
     mixed_7c_pool: Literal["avg", "max"] = "avg"  # "max": the FID graph (fid_inception_v3)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
@@ -383,7 +313,7 @@ class InceptionV3(nn.Module):
 
 class InceptionV2(InceptionV3):
     """The Rethinking paper's Inception-v2 (Table 3): Inception-v3 before "Factorized 7x7" and
-    "BN-auxiliary". See the module docstring for the interpretation."""
+    "BN-auxiliary", an interpretation (REFERENCES.md §3.7)."""
 
     factorize_7x7: bool = False
     bn_aux: bool = False

@@ -1,42 +1,10 @@
 """Inception-v4 (Szegedy et al. 2016, "Inception-v4, Inception-ResNet and the Impact of Residual
-Connections on Learning"), layer for layer as timm's `inception_v4` (Cadene's port of TF-slim).
+Connections on Learning", arXiv:1602.07261), layer for layer as timm's `inception_v4`.
 
-Module names follow timm's state_dict, so `inception_jax.tools.convert.from_torch("inception_v4", ...)` loads
-timm weights by name: the trunk is `features_0` ... `features_21` (timm's `nn.Sequential` `features.N`),
-Sequential branches are `branch1_0`, `branch1_1`, ..., the classifier is `last_linear`. Quirks kept for
-parity (REFERENCES.md §3.1, §3.2):
-
-* every stride-2 conv and pool is unpadded (VALID); every padded op is stride 1 with an odd kernel, so
-  PyTorch's symmetric padding and TF 'SAME' agree and `padding_mode` does not change the network;
-* average pools exclude the padding from the divisor (`count_include_pad=False`, TF semantics);
-* BatchNorm eps 1e-3; no aux head in timm (TF-slim's optional one is `aux_logits=True`, below).
-
-Paper map (Figs. 3-9): `features_0..5` are the stem (Fig. 3; Mixed3a/4a/5a are its three
-concatenations), `features_6..9` Inception-A x4 (Fig. 4), `features_10` Reduction-A (Fig. 7 with
-k, l, m, n = 192, 224, 256, 384), `features_11..17` Inception-B x7 (Fig. 5), `features_18` Reduction-B
-(Fig. 8), `features_19..21` Inception-C x3 (Fig. 6). TF-slim calls them Mixed_5b..e, Mixed_6a, Mixed_6b..h,
-Mixed_7a, Mixed_7b..d.
-
-Options beyond the family's common ones:
-
-* `aux_logits=True`: TF-slim's auxiliary classifier on Mixed_6h (the last Inception-B, `features_17`):
-  avg pool 5x5/3 VALID -> 1x1 conv 128 -> conv 768 whose kernel is the whole remaining map (5x5 at 299)
-  VALID -> flatten -> dense. 3,359,464 parameters at 1000 classes (46,039,280 in all). As in slim the
-  768 kernel follows the input size, so with the head on, init and apply at the same size. Where the
-  17x17 grid is smaller than 5 (inputs below 107 px; 3x3 at 75) the pool window shrinks to the map (slim
-  would fail there; this is the spirit of its `_reduced_kernel_size_for_small_input` for v3's heads).
-* `factorize_nxn=False`: undo the paper's spatial factorisation (Rethinking section 3.2): every
-  sequential 1x7/7x1 pair becomes one 7x7 conv with the pair's output width (Mixed4a branch1,
-  Inception-B branch1 and both pairs of branch2, Reduction-B branch1), Inception-C's sequential 3x1/1x3
-  pair becomes one 3x3 conv, and each of its parallel 1x3 | 3x1 splits becomes one 3x3 conv with both
-  halves' width (512). Block outputs keep their widths. The merged conv takes the first conv's name
-  (`branch1_1`; Inception-C: `branch1_1`, `branch2_1`, `branch2_3`).
-* `depths=(a, b, c)`: how many Inception-A, -B and -C blocks (the paper's 4, 7, 3; Fig. 9), for depth
-  ablations and quick smoke runs. Trunk modules keep timm's running `features_N` numbering, so with other
-  depths the indices after the first stage shift (and timm checkpoints no longer load: the converter
-  lists the missing or extra blocks); the aux head stays on the last Inception-B.
-* `dropout_rate` defaults to timm's 0.0; TF-slim and the paper (Fig. 9) train with keep_prob 0.8, which
-  the training configs set (`dropout_rate=0.2`).
+Module names follow timm's state_dict (`features_0` ... `features_21`, `branch1_0`, `last_linear`), so
+`tools.convert.from_torch` loads its weights by name; VALID stride-2 ops, pools that exclude padding and
+BN eps 1e-3 as timm and TF-slim (REFERENCES.md §3.1, §3.2). Stage-to-figure map: REFERENCES.md §3.6.
+TF-slim's aux head, `factorize_nxn` and `depths` go beyond timm (REFERENCES.md §3.8).
 """
 
 from __future__ import annotations
@@ -95,7 +63,8 @@ class SlimAuxHead(nn.Module):
     """TF-slim's v4 / IR-v2 auxiliary classifier (slim `inception_v4.py`, `inception_resnet_v2.py`).
 
     avg pool 5x5/3 VALID -> 1x1 conv 128 -> conv 768 with a kernel covering the whole pooled map,
-    VALID -> flatten -> dense. The pool window shrinks to the map when the map is smaller than 5.
+    VALID -> flatten -> dense. That kernel follows the input size, so init and apply at one size. The
+    pool window shrinks to the map when the map is smaller than 5 (inputs below 107 px).
     Children follow torchvision's v3 `AuxLogits` names: `conv0`, `conv1`, `fc`.
     """
 
@@ -304,16 +273,12 @@ DEPTHS = (4, 7, 3)  # Inception-A, -B, -C blocks (paper Fig. 9)
 
 
 class InceptionV4(nn.Module):
-    """Inception-v4 (timm `inception_v4` by default; see the module docstring).
+    """Inception-v4 (timm `inception_v4` by default).
 
-    `model.apply(variables, images, train=...)` takes NHWC images normalised with mean = std = 0.5 and
-    returns `(logits, out)`: `out["pre_logits"]` is the pooled 1536-d feature vector (before dropout),
-    `out["aux_logits"]` a tuple with the aux head's logits in train mode (empty in eval mode or when
-    `aux_logits=False`). With `return_endpoints=True`, `out` also holds every stage's output, in
-    network order, named after its module: `features_0` ... `features_21` (timm's feature_info taps are
-    `features_2` (stride 2), `features_3` (4), `features_9` (8), `features_17` (16), `features_21` (32);
-    at the default `depths`). With `scan_blocks`, a stage of repeated blocks has one endpoint, its last
-    block's name.
+    Takes NHWC images normalised with mean = std = 0.5; returns `(logits, out)`: `out["pre_logits"]`,
+    the pooled 1536-d features before dropout; `out["aux_logits"]`, the aux head's logits in train mode
+    (else `()`); with `return_endpoints=True`, every stage by module name, `features_0` ... `features_21`
+    (with `scan_blocks`, a scanned stage gives only its last block).
     """
 
     num_classes: int = 1000
@@ -322,7 +287,7 @@ class InceptionV4(nn.Module):
     factorize_nxn: bool = True
     avg_pool_count_include_pad: bool = False  # timm/TF exclude padding; True counts it (PyTorch default)
     width_multiplier: float = 1.0  # TF-slim's depth_multiplier (min depth 16)
-    depths: tuple[int, int, int] = DEPTHS
+    depths: tuple[int, int, int] = DEPTHS  # other depths shift the features_N indices after stage A
     bn_momentum: float = 0.9  # Flax convention: PyTorch's momentum 0.1
     bn_epsilon: float = 1e-3
     bn_use_scale: bool = True  # False: BatchNorm without gamma, as Keras and TF-slim build it

@@ -1,14 +1,9 @@
-"""Building blocks shared by every Inception family.
+"""Building blocks shared by every Inception family, written so one converter loads every reference.
 
-Conventions every model file follows (so one generic converter can load timm/torchvision weights):
-
-* A conv-BN-ReLU unit is a `ConvBN` module with children named `conv` and `bn`, exactly like the
-  PyTorch `BasicConv2d` / `ConvNormAct` path `Mixed_5b.branch1x1.conv.weight`.
-* Padding is written as the PyTorch reference writes it (an int or (h, w) pair of symmetric pads).
-  `padding_mode="tf"` turns every padded op into TF 'SAME' (asymmetric for even inputs with stride 2),
-  which is what TF-slim and Keras checkpoints expect (REFERENCES.md §3.2).
-* Average pools take `count_include_pad` explicitly: timm/torchvision Inception-v3 include the padding,
-  timm v4 / IR-v2 and every TF model exclude it (REFERENCES.md §3.2).
+A conv-BN-ReLU unit is `ConvBN` with children `conv` and `bn`, as PyTorch's `BasicConv2d` / `ConvNormAct`
+(`Mixed_5b.branch1x1.conv.weight`). Padding is written as the PyTorch reference writes it;
+`padding_mode="tf"` makes every padded op TF 'SAME', as TF-slim and Keras checkpoints expect. Average
+pools take `count_include_pad` explicitly, since the references disagree (REFERENCES.md §3.2).
 """
 
 from __future__ import annotations

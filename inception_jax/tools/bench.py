@@ -1,31 +1,11 @@
-"""Speed of a variant's train or inference step, side by side with its PyTorch reference, or of the
-training input pipeline that feeds it:
-`inception-bench --model inception_v3 [--mode train|infer|input] [--compare timm] [--json]`.
+"""Speed of a variant's train step, inference pass or training input, beside its PyTorch reference.
 
-What is timed is the trainer's own jitted step (`train.make_train_step`: forward, loss, gradients,
-optimizer update, BatchNorm statistics) or the eval forward pass, on random data already on the
-devices, so the numbers measure the model and XLA, not the input pipeline. Both sides use the same
-recipe: RMSProp (decay 0.9, momentum 0.9, epsilon 1.0), label smoothing 0.1, no weight decay, no
-auxiliary heads unless `--model-option aux_logits=True`.
+    inception-bench --model inception_v3 [--mode train|infer|input] [--compare timm] [--json]
 
-With `--compare`, the reference model with the same batch, input size, dtype and thread count is
-built in this process and its steps alternate with ours, so a noisy, shared machine slows both
-alike; the ratio is ours / theirs of the median images/s. Reported as well: compile time (cold, into
-an empty persistent cache, and again read from it), peak memory (device allocator peak on GPU, peak
-RSS of the process on CPU, taken before the reference is built), the achieved FLOP/s (from our
-multiply-accumulate count: 2 FLOPs each, x3 for a train step) and its share of the device's peak
-(a datasheet figure for known GPUs, `--peak-tflops`, else a large matmul measured on the device).
-Timings are medians over `--steps` steps; this is a measurement tool, not a test.
-
-`--mode input` times the host side instead: the trainer's own `pipeline.make_train_iterator` (JPEG decode
-with the Inception crop fused into it, flip, colour distortion unless `--no-color-distortion`, resize to
-`--image-size` with the variant's interpolation, uint8 batches), one process feeding the whole batch, so
-its images/s can be set against the train step's to see which one limits training. The data is
-`sample_photos` (ImageNet-sized JPEGs built offline into a temporary directory in a few seconds, then
-read from the page cache) or a prepared TFDS dataset (`--dataset imagenet2012 --data-dir DIR`, whose
-reads may also wait on its disk).
-`--threads` bounds tf.data too: every thread inherits the CPU affinity and TensorFlow sizes its pools
-from it (with one thread, images/s equal the reported images per CPU-second).
+It times the trainer's own jitted step on random data already on the devices (or, with `--mode input`,
+the trainer's input pipeline), with the reference's steps alternating with ours in this process, so a
+noisy shared machine slows both alike. A measurement tool, not a test: what it reports and how to read
+it are in docs/performance.md and BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,10 @@
 """Fréchet Inception Distance (FID) in JAX, computed the way pytorch-fid computes it.
 
     inception-fid PATH1 PATH2 --weights pt_inception-2015-12-05-6726825d.pth
-    inception-fid --save-stats FOLDER OUT.npz --weights WEIGHTS
 
-Each PATH is a folder of images or an `.npz` of statistics (`mu`, `sigma`). The score is
-||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) over the 2048-d pool3 features of the
-FID Inception network. Why each step is done the way it is (REFERENCES.md §8):
-
-* Network: the registered `fid_inception_v3`, TF's 2015-12-05 graph as pytorch-fid rebuilds it. Nothing
-  is downloaded: `--weights` takes pytorch-fid's own state_dict (`FID_WEIGHTS_NAME`, from its GitHub
-  release, `FID_WEIGHTS_URL`) or that file converted with
-  `inception-convert --model fid_inception_v3 IN.pth OUT.msgpack`. A file for any other
-  network is refused: scores are only comparable across papers with exactly this one.
-* Images: pytorch-fid's listing (`list_images`: the folder's files whose extension, lower case, is in
-  `IMAGE_EXTENSIONS`, sorted by name; not recursive) and decoding (Pillow, `convert("RGB")`, bytes / 255
-  in float32, as torchvision's `ToTensor`).
-* Resize: every image goes to 299x299 bilinearly with half-pixel centres and no antialiasing, as torch's
-  `F.interpolate(mode="bilinear", align_corners=False)`, also when shrinking. `jax.image.resize(...,
-  "linear", antialias=False)` equals it to 1-2 float32 ulps; JAX's default `antialias=True` does not
-  (the §8 pitfall), and `jax.image.scale_and_translate` with a float32 scale is off by up to 3e-5.
-  Then 2x - 1, the [-1, 1] range the graph was trained on.
-* Batching: the resize is its own small program (one per image size), the network one program for the
-  fixed batch shape; the last batch is zero-padded to that shape and the padding's features dropped.
-* Mixed sizes: a feature depends only on its own image (each is resized from its own size), so a folder
-  whose images differ in size is batched by size and every feature is what pytorch-fid gives at
-  `--batch-size 1`; pytorch-fid itself stops with a collate error at any larger batch size. Each new
-  size compiles another (small) resize program.
-* Precision: convolutions run at "highest" matmul precision, so a GPU computes them in full float32
-  rather than TF32; on CPU this changes nothing.
-* Statistics: the float32 features are promoted to float64 before the mean and `np.cov(rowvar=False)`,
-  and the distance is float64 with `scipy.linalg.sqrtm` (float32 loses accuracy, §8). The `.npz` files
-  hold exactly `mu` and `sigma`, the keys pytorch-fid reads, so the two tools read each other's files.
+Scores compare across papers only with one network and one preprocessing, so this follows pytorch-fid
+step by step: its `fid_inception_v3` weights (never downloaded), image listing, decoding and resize, and
+float64 statistics in its `.npz` format (REFERENCES.md §8). Usage: docs/weights.md.
 """
 
 from __future__ import annotations
@@ -148,7 +122,11 @@ def _check_variable_shapes(path: str, model, variables) -> None:
 @functools.partial(jax.jit, static_argnames=("size",))
 def to_network_input(images, size: int = INPUT_SIZE):
     """NHWC images (uint8, or float in [0, 1]) -> float32 size x size in [-1, 1], as pytorch-fid feeds its
-    network: bytes / 255, bilinear resize with half-pixel centres and no antialiasing, then 2x - 1."""
+    network: bytes / 255, bilinear resize with half-pixel centres and no antialiasing, then 2x - 1.
+
+    This equals torch's `F.interpolate(mode="bilinear", align_corners=False)` to 1-2 float32 ulps, also
+    when shrinking; JAX's default `antialias=True` does not, and `jax.image.scale_and_translate` with a
+    float32 scale is off by up to 3e-5."""
     x = images.astype(jnp.float32)
     if images.dtype == jnp.uint8:
         x = x / 255.0
@@ -214,9 +192,10 @@ class FeatureExtractor:
     ) -> np.ndarray:
         """(N, 2048) float32 features of image files, in the order given.
 
-        Files are decoded on `num_workers` threads a few batches ahead of the device; images of the same
-        size are batched together (module docstring: mixed sizes). A list shorter than the batch size is
-        run as one batch of its own length, as pytorch-fid does.
+        Files are decoded on `num_workers` threads a few batches ahead of the device. Images are batched
+        by size: a feature depends only on its own image, so each equals pytorch-fid's at batch size 1
+        (pytorch-fid itself fails on mixed sizes at any larger batch); each new size compiles a small
+        resize program. A list shorter than the batch size runs as one batch of its length, as there.
         """
         n = len(files)
         batch_size = max(1, min(self.batch_size, n))

@@ -1,14 +1,9 @@
 """Checkpoints with orbax: asynchronous saves, keep the last K, resume from the newest good one.
 
-Resume order (as big_vision): (1) the workdir's own latest checkpoint, (2) `config.init_from` weights
-(a converted `.msgpack` or another run's workdir/checkpoint), (3) from scratch. A checkpoint that fails
-to restore (torn or corrupted files) is reported and skipped in favour of the previous one.
-
-Several processes: every process takes part in every save and restore (multi-host orbax needs all of
-them). They try the steps process 0 lists, in the same order, and a step is used only when every
-process restored it (`parallel.all_processes`), so all resume from the same step. Replicated state is
-written from one host copy; a leaf sharded over the mesh is handed to orbax as the global array, so
-each process writes its own shards.
+Resume order (as big_vision): the workdir's own latest checkpoint, else `config.init_from` weights (a
+converted `.msgpack` or another run's workdir), else from scratch. A checkpoint that fails to restore
+(torn or corrupt) is reported and skipped for the previous one. Every process takes part in every save
+and restore, as multi-host orbax needs, and all resume from the same step.
 """
 
 from __future__ import annotations
@@ -132,6 +127,8 @@ class Checkpointer:
 
     def restore_latest(self, abstract_state):
         """Returns `(step, state, meta)` from the newest checkpoint every process restores, or None.
+        Processes try the steps process 0 lists, in that order, and take one only when all of them
+        restored it (`parallel.all_processes`).
 
         `abstract_state` may be a dataclass (the trainer's `TrainState`): fields that a checkpoint
         written by an older version lacks come back as None for the caller to fill in.

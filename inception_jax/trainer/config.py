@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.kernels = "auto"
     c.compilation_cache = True  # JAX's persistent compilation cache: restarts and sweeps skip recompiling
     c.compilation_cache_dir = placeholder(str)  # None: $JAX_COMPILATION_CACHE_DIR, else ~/.cache/inception_jax/xla
-    # On a CPU: "eigen" (XLA's own convolutions; Inception steps 1.2-1.7x faster here) or "ynnpack"
+    # On a CPU: "eigen" (XLA's own convolutions, faster here: BENCHMARKS.md) or "ynnpack"
     # (XLA's default library); see inception_jax/kernels.py. No effect on GPUs and TPUs.
     c.xla_cpu_convolutions = "eigen"
 

@@ -1,23 +1,9 @@
 """Fine-tuning controls: which parts train (`config.trainable`), frozen BatchNorm (`config.freeze_bn`) and
-a lower learning rate for the pretrained backbone (`config.backbone_lr_multiplier`).
-
-The unit of freezing is a top-level module of the network (a stem conv, an Inception block such as
-`Mixed_7c`, an IR `repeat_2_8`), in the order the network runs them; the *head* is each family's
-classifier (`fc`, `last_linear`, `classif`, BN-Inception's `Logits`) and any auxiliary head. Settings:
-
-* `config.trainable = "all"` (default) trains everything; `"head"` trains the head only (a linear probe
-  when aux heads are off); `"last:K"` trains the head and the last K blocks before it; a comma-separated
-  list of block names (`"Mixed_7b,Mixed_7c"`) trains those blocks and the head.
-* A frozen block keeps its parameters *and* its BatchNorm statistics: its BatchNorm layers normalise with
-  the running statistics in training too, as Keras does for a layer with `trainable=False` (keras#9214,
-  #12350 discuss the alternative's pitfalls). `config.freeze_bn = True` does the same for every BatchNorm
-  layer, trainable ones included (their scale and bias still train), the usual choice for small batches.
-* `config.backbone_lr_multiplier` scales the updates of every trainable non-head parameter (e.g. 0.1:
-  the backbone moves at a tenth of the head's learning rate, the schedule shape unchanged).
-
-Frozen parameters get no optimizer state and no update (weight decay included), their gradients are
-never formed (they are zeroed before anything reads them, so XLA drops their computation), and the
-logged gradient norm and clipping see only the trainable parameters.
+a lower learning rate for the pretrained backbone (`config.backbone_lr_multiplier`); usage in
+docs/training.md. The unit of freezing is a top-level module, in the order the network runs them; the
+head is the classifier and any aux head. A frozen block keeps its parameters and, like a Keras layer
+with `trainable=False`, its BatchNorm statistics; frozen leaves get no optimizer state, no update and no
+computed gradient.
 """
 
 from __future__ import annotations
@@ -94,7 +80,8 @@ class Plan:
         return jax.tree_util.tree_map_with_path(lambda path, _: self.label(path[0].key), params)
 
     def zero_frozen(self, grads) -> Any:
-        """Frozen leaves' gradients replaced by zeros, so nothing downstream reads (or computes) them."""
+        """Frozen leaves' gradients replaced by zeros, so nothing downstream reads them and XLA drops their
+        computation; the logged gradient norm and clipping see only the trainable leaves."""
         return jax.tree_util.tree_map_with_path(
             lambda path, g: jnp.zeros_like(g) if self.label(path[0].key) == FROZEN else g, grads
         )
@@ -121,7 +108,8 @@ class Plan:
 
     def batchnorm_context(self):
         """A context under which BatchNorm layers of frozen blocks (all of them with `freeze_bn`)
-        normalise with their running statistics and leave them unchanged, in train mode too."""
+        normalise with their running statistics and leave them unchanged, in train mode too, as Keras
+        does for `trainable=False` (keras#9214 and #12350 discuss the alternative's pitfalls)."""
         if not (self.frozen or self.freeze_bn):
             return contextlib.nullcontext()
 

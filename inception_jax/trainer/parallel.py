@@ -1,14 +1,10 @@
 """Data parallelism over every device of every process, with today's JAX API.
 
-The pmap programming model (per-device batch, gradients averaged across devices) written as
-`jax.jit` over a one-axis `Mesh` with `NamedSharding`, plus `jax.shard_map` where a step needs
-per-device semantics (per-device BatchNorm statistics). No `jax.pmap`, no `device_put_replicated`.
-
-Several processes (hosts) form one mesh through JAX's own multi-controller runtime
-(`jax.distributed`), which finds its peers under SLURM, Open MPI and Cloud TPU by itself; this module
-only decides whether to join (`initialize_distributed`) and gives the trainer the few agreements it
-needs between processes: which rows of the global batch each one feeds (`process_rows`), a stop flag
-all of them see at the same step (`StopVote`), and "did every process succeed" (`all_processes`).
+The pmap model (per-device batch, gradients averaged) as `jax.jit` over a one-axis `Mesh`, plus
+`jax.shard_map` where a step needs per-device semantics (BatchNorm statistics); no `jax.pmap`. Processes
+join one mesh through `jax.distributed`, which finds its peers under SLURM, Open MPI and Cloud TPU; this
+module decides whether to join (`initialize_distributed`) and holds the few agreements between processes:
+each one's rows of the global batch (`process_rows`), a shared stop (`StopVote`), `all_processes`.
 """
 
 from __future__ import annotations

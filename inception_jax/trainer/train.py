@@ -1,17 +1,10 @@
 """The one trainer: `train_and_evaluate(config, workdir)`, importable from a notebook.
 
 Read top to bottom, in big_vision's order: validation, cluster and mesh, data, model and optimizer,
-state, checkpoint restore, steps, loop, final eval. Data parallel over every device of every process:
-`jax.jit` over a one-axis mesh (BatchNorm statistics over the global batch), or `jax.shard_map` when
-`config.bn_statistics == "per_device"` (statistics per device, as the papers' 32-per-replica training).
-With `config.grad_accum_steps = k` each update averages the gradients of k micro-batches of
-`batch_size / k` examples, run one after another (BatchNorm normalises each micro-batch by its own
-statistics), so a paper's global batch fits on fewer devices.
-
-Several processes run the same program on one global mesh: every process feeds its rows of the same
-global batch, takes part in every checkpoint save and restore, and stops at the same step when any
-of them is asked to (`parallel.StopVote`); only process 0 writes metrics, TensorBoard events,
-`config.json` and the progress bar.
+state, checkpoint restore, steps, loop, final eval. Data parallel over every device of every process
+(`jax.jit` over a one-axis mesh, or `jax.shard_map` for per-device BatchNorm statistics), with optional
+gradient accumulation; every process feeds its rows of the global batch and takes part in every
+checkpoint, and only process 0 writes files. Batch, BatchNorm and cluster rules: docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """`inception-convert [--from torch|keras] --model NAME IN_FILE OUT_FILE`: PyTorch or Keras
 weights -> a Flax file.
 
-`--from torch` (the default): IN_FILE is a local timm/torchvision `.safetensors` or `.pth` (read with
-PyTorch's weights-only loader). `--from keras`: IN_FILE is a `keras.applications` InceptionV3 or
-InceptionResNetV2 file (`--model inception_v3` / `inception_resnet_v2`): a `.keras` archive, a
-`.weights.h5`, or a legacy `.h5` such as the keras-applications downloads, read with h5py (Keras need not
-be installed). The Flax file then records the options that make our model compute Keras' function
-(`keras_model_options`, e.g. BatchNorm without gamma) and the class count found in IN_FILE.
-OUT_FILE is msgpack (no code can hide in it); load it back with
-`model, variables = inception_jax.tools.convert.load_variables(OUT_FILE)`.
+IN_FILE is a timm/torchvision `.safetensors` or `.pth` (`--from torch`, read with PyTorch's weights-only
+loader) or a `keras.applications` InceptionV3 / InceptionResNetV2 file (`--from keras`, read with h5py).
+OUT_FILE is msgpack, which cannot carry code, and records the model options the weights need (for Keras,
+`keras_model_options`) and the file's class count. Formats and loading: docs/weights.md.
 """
 
 from __future__ import annotations

@@ -1,20 +1,10 @@
 """Keras (`keras.applications`) InceptionV3 / InceptionResNetV2 weight files -> our Flax models.
 
-Keras names its layers after their class and a global counter (`conv2d_93`, `batch_normalization_93`;
-IR-v2 also names some: `block35_1_conv`, `conv_7b`, `predictions`), not after the network's structure,
-so no name rule maps them: the mapping is by order (REFERENCES.md §3.4), as Keras' own loaders do.
-Every format stores the layers in `model.layers` order: legacy HDF5 (the keras-applications downloads
-`*_tf_dim_ordering_tf_kernels(_notop).h5`, whole-model `.h5` files) in its `layer_names` attribute,
-Keras 3 files (`.weights.h5`, and `.keras` archives around one) as `layers/conv2d_5` = the sixth Conv2D
-of `model.layers`. That order is not the order the application's code creates the layers in: Keras'
-Functional sorts its layers by graph depth. `_KerasGraph` writes each application down op by op with
-our module path beside every weighted layer and derives `model.layers` order from the wiring.
-
-Every array is checked against the model's shapes, and the layers Keras names must sit where their
-name says; anything missing, left over, misplaced or mis-shaped raises `WeightMismatchError` listing
-all of it. Files are read with h5py only (no unpickling, no Keras). Keras' conv kernels are already HWIO
-and Dense kernels (in, out), as in Flax; its BatchNormalization has no gamma (`scale=False`), so the
-models are built with `bn_use_scale=False` (`keras_model_options`).
+Keras names most layers by class and a global counter (`conv2d_93`), so no name rule maps them: like
+Keras' own loaders we map by the order of `model.layers`, which every file format stores and which is not
+the order the application code creates layers in (REFERENCES.md §3.4). `_KerasGraph` writes each
+application down op by op and derives that order from the wiring. Files are read with h5py only (no
+unpickling, no Keras); anything missing, extra, misplaced or mis-shaped raises `WeightMismatchError`.
 """
 
 from __future__ import annotations
@@ -417,19 +407,14 @@ def _file_num_classes(layers: list[_FileLayer]) -> int:
 
 
 def from_keras(name: str, path: str | os.PathLike, **overrides):
-    """Imports a Keras `InceptionV3` / `InceptionResNetV2` weight file into `name` (`inception_v3` or
-    `inception_resnet_v2`).
+    """`(model, variables)` from a Keras `InceptionV3` / `InceptionResNetV2` weight file, for `name`
+    (`inception_v3` or `inception_resnet_v2`).
 
-    `path`: a `.keras` archive, a Keras 3 `.weights.h5`, or a legacy Keras HDF5 file (the
-    keras-applications `*_weights_tf_dim_ordering_tf_kernels(_notop).h5` downloads, or a whole model
-    saved as `.h5`). Returns `(model, variables)`: `model` is `create_model(name, **options)` with
-    `options = {**keras_model_options(name), "num_classes": <the file's>, **overrides}`, i.e.
-    `bn_use_scale=False, bn_momentum=0.99, bn_epsilon=1e-3, avg_pool_count_include_pad=False,
-    dropout_rate=0.0` and `num_classes` from the `predictions` Dense kernel (0 for an `include_top=False`
-    file: the model then returns the pooled features). The model returns logits where Keras applies
-    `classifier_activation` (softmax by default). Images are NHWC, `x / 127.5 - 1` as Keras'
-    `preprocess_input`. `variables` is `{"params", "batch_stats"}` of float32 numpy arrays; a file that
-    does not fit raises `WeightMismatchError` listing every missing, unexpected or mis-shaped array.
+    `path`: a `.keras` archive, a Keras 3 `.weights.h5`, or a legacy HDF5 file (the keras-applications
+    downloads, or a whole model saved as `.h5`). `model` is built with `keras_model_options(name)`, the
+    file's class count (0 for `include_top=False`: it returns the pooled features) and `overrides`; it
+    returns logits where Keras applies its softmax, on images scaled as Keras' `preprocess_input`
+    (`x / 127.5 - 1`). `variables` holds float32 numpy arrays; a misfit raises `WeightMismatchError`.
     """
     _check_name(name)
     layers = read_keras_file(path)

@@ -1,17 +1,9 @@
 """Ablation sweeps: `inception-sweep experiments/<study>.py --workdir DIR [--config.x=y ...]`.
 
-A study file names its base config (`BASE_CONFIG = "configs/x.py[:arg]"`), may fix settings for every
-run (`OVERRIDES = {"dotted.key": value}`), and defines `sweep()` and optional `sweep_<name>()`
-generators of override dicts, keys exactly as `--config.x=y` takes them; `--sweep a,b` runs the product
-of `sweep_a()` and `sweep_b()`. Seeds are an ordinary axis (`{"seed": 0}`).
-
-Each run is the `inception-train` command a user would type, run as a subprocess in
-`DIR/<name>`, where the name is spelt from the run's overrides. Every run's command is parsed and
-validated before anything trains. `DIR/sweep.json` (the manifest) records the study, every run's
-overrides, command, status, exit code, error line and wall time; `DIR/logs/<name>.log` holds each run's
-output. Re-running the command skips finished runs and resumes interrupted ones (the trainer resumes by
-itself); Ctrl-C forwards one SIGINT to the runs, which save a checkpoint and stop. `--slurm` writes an
-sbatch job array running the same commands. See experiments/README.md.
+A study file names a base config and yields the overrides of its runs (`study`); each run is the
+`inception-train` command a user would type, validated before anything trains and run locally (`local`)
+or as a SLURM job array (`slurm`), with `DIR/sweep.json` (`manifest`) recording every run so a re-run
+skips finished ones and resumes the rest. Writing studies and every option: experiments/README.md.
 """
 
 from inception_jax.tools.sweep.cli import main

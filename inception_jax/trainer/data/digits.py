@@ -1,17 +1,10 @@
 """`digits`: scikit-learn's bundled handwritten digits as a TFDS dataset, built offline in seconds.
 
-The source is `sklearn.datasets.load_digits`: 1797 real 8x8 grayscale scans (UCI "optdigits" test set)
-with pixel values 0-16, ten classes of roughly 180 examples each. It ships inside scikit-learn, so the
-builder has no downloads and `ensure_prepared` can build it wherever the program runs, with no network.
-That makes it the dataset of smoke runs, CI and the notebook.
-
-Features: `image` uint8 (8, 8, 1), pixel values rescaled from 0-16 to 0-255 (`round(v * 255 / 16)`);
-`label` ClassLabel(10), the digit.
-
-Splits (deterministic, stratified): `test` holds 297 examples, `train` the other 1500. Each class gives
-the test split its share of 297 (largest remainder on `297 * n_class / 1797`, ties to the lower class
-index); within a class the test examples are the first ones of a permutation drawn from
-`numpy.random.RandomState(_SPLIT_SEED)`, whose stream numpy keeps stable across releases.
+`sklearn.datasets.load_digits` holds 1797 real 8x8 grayscale scans (UCI "optdigits"), ten classes of
+about 180 each, shipped inside scikit-learn: no download, so `ensure_prepared` builds it anywhere, which
+makes it the dataset of smoke runs, CI and the notebook. Features: `image` uint8 (8, 8, 1), rescaled
+from 0-16 to 0-255 (`round(v * 255 / 16)`); `label` ClassLabel(10). Splits: a fixed stratified `test`
+of 297 examples (`split_indices`) and `train`, the other 1500.
 """
 
 from __future__ import annotations
@@ -27,7 +20,11 @@ _SPLIT_SEED = 0
 
 
 def split_indices() -> dict[str, np.ndarray]:
-    """Indices into `load_digits()` for each split, each sorted ascending."""
+    """Indices into `load_digits()` for each split, each sorted ascending.
+
+    Each class gives `test` its share of 297 (largest remainder on `297 * n_class / 1797`, ties to the
+    lower class), taken as the first of a permutation from `numpy.random.RandomState(_SPLIT_SEED)`,
+    whose stream numpy keeps stable across releases."""
     from sklearn.datasets import load_digits  # Lazy: only needed to build the dataset.
 
     labels = load_digits().target

@@ -1,22 +1,9 @@
 """Image preprocessing ops for tf.data map functions: pure TensorFlow, deterministic given a seed.
 
-Every random op is a `tf.random.stateless_*` op fed an explicit seed (a shape-(2,) integer tensor), so
-the same seed always gives the same augmentation; the pipeline derives each example's seed from
-(config.seed, epoch, example index) with `example_seed`, which makes a resumed run see exactly the
-augmentations an uninterrupted one would have.
-
-Pixel conventions: decoded images are uint8 in [0, 255]; the crop/resize ops return float32 in
-[0, 255] (clipped, since bicubic resizing overshoots); `color_distortion` works in [0, 1]; `normalize`
-takes [0, 255] to `(x / 255 - mean) / std`.
-
-The recipes:
-- `inception_crop`: the GoogLeNet/Inception "random sized crop" (Szegedy et al. 2014, section 6): a crop
-  covering 8%-100% of the image area with aspect ratio in [3/4, 4/3], resized to the model's input.
-- `central_crop`: the timm/torchvision evaluation transform: resize the shorter side to
-  `floor(image_size / crop_pct)`, then take the central `image_size` square.
-- `color_distortion`: the Inception photometric distortion (random brightness, saturation, hue and
-  contrast in one of four orders, then clipping), with the magnitudes of TF-slim's Inception
-  preprocessing.
+Every random op is a stateless one fed an explicit seed, which the pipeline derives per example from
+(config.seed, epoch, index) with `example_seed`: a resumed run sees exactly the augmentations an
+uninterrupted one would. Pixels: decoded uint8 in [0, 255]; crops and resizes return float32 in
+[0, 255], clipped (bicubic overshoots); `color_distortion` works in [0, 1].
 """
 
 from __future__ import annotations
@@ -117,7 +104,8 @@ def inception_crop(
     max_attempts: int = 10,
     interpolation: str = "bilinear",
 ) -> tf.Tensor:
-    """Inception random-sized crop of a decoded image, resized to (image_size, image_size); no flip."""
+    """Inception random-sized crop of a decoded image, resized to (image_size, image_size); no flip.
+    The crop covers 8%-100% of the area with aspect ratio in [3/4, 4/3] (GoogLeNet paper, section 6)."""
     window = crop_window(
         tf.shape(image),
         seed,

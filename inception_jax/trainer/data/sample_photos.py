@@ -1,22 +1,10 @@
 """`sample_photos`: ImageNet-like JPEGs made offline from scikit-learn's two sample photographs.
 
-The input pipeline's cost is decoding and augmenting full-size JPEG photos, which `digits` (8x8 PNGs)
-does not exercise. This builder gives `inception-bench --mode input` a realistic workload
-wherever it runs, with no network: the source is `sklearn.datasets.load_sample_images()`, the photos
-china.jpg and flower.jpg (640x427, CC BY 2.0, shipped inside scikit-learn; see its
-datasets/images/README.txt for the attribution).
-
-Each example is a seeded random view of one photo: the label (ClassLabel(2): 0 china, 1 flower) picks
-the photo; the orientation is landscape 500x375 (3 in 4) or portrait 375x500, ImageNet's typical sizes;
-a crop of that aspect ratio covering 50%-100% of the largest such crop's side, at a random position, is
-resized there (bicubic) and flipped horizontally with probability 1/2, then encoded as JPEG at quality
-90 (PIL, 4:2:0 chroma). The encoded images average about 47 KB, under half of ImageNet's ~110 KB: these
-photos are smoother than ImageNet's, so decoding them is a little cheaper (at quality 97, 85 KB, the
-training pipeline ran 4% slower).
-
-Splits: `train` only, `num_train` examples (default 512). Deterministic given `seed`: example `i` is
-drawn from `numpy.random.default_rng([seed, i])`. Stored as array_record (random access). A data dir
-holds one build: `ensure_prepared` returns what is there, whatever `num_train` and `seed` it was built with.
+Decoding and augmenting full-size JPEGs is the input pipeline's real cost, which the 8x8 `digits` do not
+exercise; this gives `inception-bench --mode input` that workload anywhere, with no network. Source:
+`sklearn.datasets.load_sample_images()`, china.jpg and flower.jpg (CC BY 2.0; attribution in
+scikit-learn's datasets/images/README.txt). One `train` split of `num_train` seeded random views, stored
+as array_record; a data dir holds one build, whatever `num_train` and `seed` it was built with.
 """
 
 from __future__ import annotations
@@ -34,7 +22,12 @@ JPEG_QUALITY = 90
 
 
 def make_example(photos: list, seed: int, index: int) -> tuple[bytes, int]:
-    """Example `index`: (JPEG bytes, label); `photos` are the PIL images of `load_sample_images()`."""
+    """Example `index`: (JPEG bytes, label); `photos` are the PIL images of `load_sample_images()`.
+
+    Drawn from `default_rng([seed, index])`: the label picks the photo; the view is landscape 500x375 (3 in
+    4) or portrait 375x500, ImageNet's typical sizes, cut as a crop of that aspect ratio covering 50%-100%
+    of the largest one's side, resized bicubically, flipped with probability 1/2, saved as JPEG quality 90.
+    """
     from PIL import Image
 
     rng = np.random.default_rng([seed, index])
