@@ -167,7 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--dataset",
-        help="--mode input: a prepared TFDS dataset, e.g. imagenet2012 "
+        help="--mode input: a prepared TFDS dataset, e.g. imagenet2012, or a folder of images, folder:DIR "
         "(default: the built-in sample_photos, built into a temporary directory)",
     )
     p.add_argument("--data-dir", help="--mode input: the TFDS data dir holding --dataset (default: TFDS's)")
@@ -646,6 +646,10 @@ def _mean_jpeg_bytes(config) -> float | None:
     and framing); None for other encodings or when the split's size is not recorded."""
     import tensorflow_datasets as tfds
 
+    from inception_jax.trainer.data import folder
+
+    if folder.is_folder(config.dataset.name):
+        return None  # files of any format, sizes not recorded
     builder = tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir, try_gcs=False)
     if getattr(builder.info.features["image"], "encoding_format", None) != "jpeg":
         return None

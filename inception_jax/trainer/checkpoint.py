@@ -212,12 +212,29 @@ def load_init_variables(path: str) -> dict:
     if os.path.isfile(path):
         _, variables = load_variables(path)
         return {k: variables.get(k, {}) for k in ("params", "batch_stats")}
+    state, _ = _newest_state(path, "config.init_from")
+    return {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "batch_stats")}
+
+
+def load_eval_variables(workdir: str, *, ema: bool) -> tuple[dict, int]:
+    """The variables a run evaluates with at its newest checkpoint (the EMA ones when it keeps them), as
+    numpy trees `{"params", "batch_stats"}`, and that checkpoint's step."""
+    state, step = _newest_state(workdir, "--workdir")
+    if ema and state.get("ema_params"):
+        variables = {"params": state["ema_params"], "batch_stats": state.get("ema_batch_stats") or {}}
+    else:
+        variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    return jax.tree.map(np.asarray, variables), step
+
+
+def _newest_state(path: str, field: str) -> tuple[dict, int]:
+    """The newest checkpoint's state (a dict of numpy arrays) under a workdir or its `checkpoints/`."""
     directory = path
     if os.path.isdir(os.path.join(path, CHECKPOINT_DIR)):
         directory = os.path.join(path, CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise FileNotFoundError(
-            f"config.init_from={path!r} is neither a weight file nor a run directory; pass a .msgpack "
+            f"{field}={path!r} is neither a weight file nor a run directory; pass a .msgpack "
             "from `inception-convert` or a previous run's workdir"
         )
     manager = ocp.CheckpointManager(
@@ -225,10 +242,10 @@ def load_init_variables(path: str) -> dict:
     )
     step = manager.latest_step()
     if step is None:
-        raise FileNotFoundError(f"config.init_from={path!r} holds no checkpoint")
+        raise FileNotFoundError(f"{field}={path!r} holds no checkpoint")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    state = restored["state"]
-    return {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "batch_stats")}
+    manager.close()
+    return restored["state"], int(step)
 
 
 def merge_init_variables(target: dict, loaded: dict) -> tuple[dict, list[str]]:

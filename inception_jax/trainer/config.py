@@ -19,12 +19,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "inception_v3"  # registry name; any other c.model.* field is a model option
 
     c.dataset = ml_collections.ConfigDict()
-    c.dataset.name = "imagenet2012"  # a TFDS name; "digits" is the built-in dataset
+    c.dataset.name = "imagenet2012"  # a TFDS name; "digits" is the built-in dataset; "folder:DIR" your images
     c.dataset.data_dir = placeholder(str)  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
     c.dataset.train_split = "train"
     c.dataset.eval_split = "validation"
     c.dataset.shuffle_buffer = 10_000
     c.dataset.cache = False  # keep decoded examples in memory (small datasets only)
+    # Image folders only (docs/training.md, "Your own images"): the share of each class held out for
+    # evaluation when there is no DIR/val folder, the seed of that split, and whether images that cannot be
+    # decoded are left out (and counted) instead of stopping the run.
+    c.dataset.val_fraction = 0.1
+    c.dataset.split_seed = 0
+    c.dataset.skip_bad_images = False
 
     c.input = ml_collections.ConfigDict()
     c.input.image_size = placeholder(int)  # None: the variant's default input size
@@ -32,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.mean = placeholder(tuple)  # None: the variant's default normalisation
     c.input.std = placeholder(tuple)
     c.input.interpolation = placeholder(str)
+    # The evaluation resize (inception_jax/preprocessing.py): "shorter_side" keeps the aspect ratio (timm,
+    # torchvision); "square" stretches the image (Keras' load_img, pytorch-fid). antialias=False: pytorch-fid.
+    c.input.eval_resize = "shorter_side"
+    c.input.eval_antialias = True
     c.input.train_augment = "inception_crop"  # | "resize_flip" | "none"
     c.input.color_distortion = False
 

@@ -352,7 +352,7 @@ class StopRequest:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains and evaluates `config` in `workdir`, resuming from the workdir's latest checkpoint."""
-    from inception_jax.trainer.data import pipeline  # TF is imported only by runs that read data
+    from inception_jax.trainer.data import folder, pipeline  # TF is imported only by runs that read data
 
     # 1. Validate everything cheap before anything expensive.
     config = validation.validated(config)
@@ -360,9 +360,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     validation.check_workdir(workdir)
     validation.check_resume(config, workdir)
     try:
-        info = pipeline.dataset_info(config)  # unknown/unprepared datasets fail here, in seconds
+        info = pipeline.dataset_info(config)  # unknown/unprepared datasets and bad image folders fail here
     except (ValueError, FileNotFoundError) as e:
         raise validation.ConfigError(str(e)) from None
+    is_folder = folder.is_folder(config.dataset.name)
+    if is_folder:
+        validation.check_classes(config, workdir, info.label_names)
 
     # 2. Cluster (when launched as several processes), compilation cache, mesh over every device.
     parallel.initialize_distributed()
@@ -419,7 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     if not config.eval_only:  # records past the restored step (all, when starting over) are rewritten
         writer.truncate_after(start_step)
     if is_main:
-        metrics_lib.write_config(workdir, config)
+        recorded = config
+        if is_folder:  # the class names, which map the model's outputs back to names
+            recorded = config.copy_and_resolve_references()
+            recorded.dataset.label_names = list(info.label_names)
+        metrics_lib.write_config(workdir, recorded)
 
     # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
     def batch_spec(batch_size: int, with_mask: bool):

@@ -26,6 +26,8 @@ _CHOICES = {
     "optimizer.weight_decay_mode": ("l2", "decoupled"),
     "schedule.name": ("exponential", "cosine", "constant"),
     "input.train_augment": ("inception_crop", "resize_flip", "none"),
+    "input.eval_resize": ("shorter_side", "square"),
+    "input.eval_antialias": (True, False),
     "bn_statistics": ("global", "per_device"),
     "on_nonfinite": ("stop", "skip"),
     "xla_cpu_convolutions": ("eigen", "ynnpack"),
@@ -108,6 +110,11 @@ def validated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     if c.total_steps < 0 or c.num_epochs < 0:
         raise ConfigError("config.total_steps and config.num_epochs must not be negative.")
+    if not 0.0 < c.dataset.val_fraction < 1.0:
+        raise ConfigError(
+            f"config.dataset.val_fraction={c.dataset.val_fraction} must be in (0, 1): the share of each class "
+            "of an image folder held out for evaluation; e.g. 0.1."
+        )
     if not 0.0 <= c.label_smoothing < 1.0:
         raise ConfigError(f"config.label_smoothing={c.label_smoothing} must be in [0, 1); the papers use 0.1.")
     if c.ema_decay is not None and not 0.0 < c.ema_decay < 1.0:
@@ -231,4 +238,25 @@ def check_resume(config, workdir: str) -> None:
             f"config.init_from={config.init_from!r} conflicts with the checkpoints already in {ckpt_dir} "
             f"(that run started from {started_from!r}), which a restart resumes from. Use a new --workdir "
             "to start from init_from, or drop --config.init_from to resume."
+        )
+
+
+def check_classes(config, workdir: str, class_names) -> None:
+    """A run resumed on an image folder must find the classes it started with (config.json's
+    `dataset.label_names`): its checkpoints' outputs are indexed by them."""
+    ckpt_dir = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(ckpt_dir) or not any(name.isdigit() for name in os.listdir(ckpt_dir)):
+        return
+    try:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+            before = json.load(f).get("dataset", {}).get("label_names")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before is not None and list(before) != list(class_names):
+        added, removed = sorted(set(class_names) - set(before)), sorted(set(before) - set(class_names))
+        change = f"added {added}, removed {removed}" if added or removed else "the same names in another order"
+        raise ConfigError(
+            f"config.dataset.name={config.dataset.name!r}: the classes changed since the checkpoints in {ckpt_dir} "
+            f"were written ({change}), so the model's outputs would mean other classes; restore the folder, or "
+            f"start a new --workdir with --config.init_from={workdir} to fine-tune from this run."
         )

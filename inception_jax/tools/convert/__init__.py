@@ -8,7 +8,7 @@ from inception_jax.tools.convert.torch_weights import (
     load_torch_state_dict,
     torch_key_to_flax_path,
 )
-from inception_jax.weights import load_variables, save_variables
+from inception_jax.weights import load_variables, read_class_names, read_preprocessing, save_variables
 
 __all__ = [
     "WeightMismatchError",
@@ -17,6 +17,8 @@ __all__ = [
     "keras_model_options",
     "load_torch_state_dict",
     "load_variables",
+    "read_class_names",
+    "read_preprocessing",
     "save_variables",
     "torch_key_to_flax_path",
 ]

@@ -25,6 +25,10 @@ process then reads its own shard of the split (`tfds.even_splits`) through a shu
 Convert such a dataset once to get the global order:
 `tfds convert_format --dataset_version_dir=DATA/NAME/VERSION --out_file_format=array_record`.
 
+**Image folders**: `config.dataset.name = "folder:/path/to/dir"` reads a folder of class subfolders
+(`inception_jax.trainer.data.folder`), scanned and checked when first named, then read by index like a
+random-access TFDS split: the same global order, sharding and resume.
+
 The program never downloads. A dataset must already be prepared in `config.dataset.data_dir` (None:
 the TFDS default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`); otherwise `dataset_info` and the
 iterators fail at once with the command that prepares it. The one exception is `digits` (the built-in
@@ -66,7 +70,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from inception_jax.trainer.data import digits, preprocess
+from inception_jax.preprocessing import EvalTransform
+from inception_jax.trainer.data import digits, folder, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +200,41 @@ def _split_size(builder: tfds.core.DatasetBuilder, split, field: str, config) ->
         ) from None
 
 
+def _folder(config) -> folder.Folder:
+    """The image folder of `config.dataset.name` ("folder:DIR"), scanned once per process."""
+    return folder.load(
+        config.dataset.name,
+        val_fraction=float(_cfg(config.dataset, "val_fraction", 0.1)),
+        split_seed=int(_cfg(config.dataset, "split_seed", 0)),
+        skip_bad_images=bool(_cfg(config.dataset, "skip_bad_images", False)),
+    )
+
+
+def _open(config, field: str):
+    """(builder, source, features, channels) of the split config.dataset.`field`: a TFDS builder and its
+    random-access source (None when stored as tfrecord only), or an image folder's source (no builder)."""
+    split = config.dataset[field]
+    if folder.is_folder(config.dataset.name):
+        return None, _folder(config).split(split, field), None, folder.CHANNELS
+    builder = _builder(config)
+    return builder, _source(builder, split), builder.info.features, _channels(builder)
+
+
 def dataset_info(config) -> DatasetInfo:
-    """Classes and split sizes of `config.dataset`, from the prepared metadata; reads no examples."""
+    """Classes and split sizes of `config.dataset`, from the prepared metadata; reads no examples.
+    An image folder is scanned (and its images checked) here, on first use."""
+    if folder.is_folder(config.dataset.name):
+        data = _folder(config)
+        return DatasetInfo(
+            name=config.dataset.name,
+            num_classes=len(data.class_names),
+            num_train_examples=len(data.split(config.dataset.train_split, "train_split")),
+            num_eval_examples=len(data.split(config.dataset.eval_split, "eval_split")),
+            image_shape=(None, None, folder.CHANNELS),
+            label_names=data.class_names,
+            data_dir=data.root,
+            random_access=True,
+        )
     builder = _builder(config)
     features = builder.info.features
     label = features["label"]
@@ -293,13 +331,19 @@ def _train_fn(config, channels: int):
 
 
 def _eval_fn(config, channels: int):
-    size = int(config.input.image_size)
-    crop_pct = float(_cfg(config.input, "crop_pct", 1.0))
-    interpolation = _cfg(config.input, "interpolation", "bilinear")
+    transform = EvalTransform(
+        image_size=int(config.input.image_size),
+        crop_pct=float(_cfg(config.input, "crop_pct", 1.0)),
+        interpolation=_cfg(config.input, "interpolation", "bilinear"),
+        mean=config.input.mean,
+        std=config.input.std,
+        resize=_cfg(config.input, "eval_resize", "shorter_side"),
+        antialias=bool(_cfg(config.input, "eval_antialias", True)),
+    )
 
     def fn(ex):
-        image = preprocess.central_crop(_decoded(ex["image"], channels), size, crop_pct, interpolation=interpolation)
-        return {"image": _finish(image), "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+        image = preprocess.eval_transform(_decoded(ex["image"], channels), transform)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
 
     return fn
 
@@ -335,11 +379,12 @@ def global_order(num_examples: int, seed: int, global_batch_size: int, rows, sta
 
 
 class _Records:
-    """Reads a split's examples by index from a TFDS random-access source.
+    """Reads a split's examples by index from a TFDS random-access source, or an image folder's
+    (`folder.Source`, with `features` None: it holds each file's bytes and label).
 
     Serialized records are read by array_record's batched reader (C++, outside the GIL) and parsed in
     TensorFlow's parallel map, as a tfrecord stream is. Sources that hold no serialized records
-    (`tfds.testing.mock_data`'s) are decoded by TFDS in Python instead. With `cache`, the split is
+    (`tfds.testing.mock_data`'s, image folders) are read in Python instead. With `cache`, the split is
     read once and kept in memory: decoded, when every image has the same shape (digits, CIFAR), else
     as encoded records.
     """
@@ -356,7 +401,7 @@ class _Records:
         self._cached = self._decoded = None
         if cache:
             self._cached = self._read_many(list(range(self.size)))
-            if None not in features["image"].shape and self.size:
+            if features is not None and None not in features["image"].shape and self.size:
                 self._decoded = self._decode_all(channels)
 
     def _decode_all(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -437,11 +482,9 @@ def make_train_iterator(
         raise ValueError(f"need global_batch_size > 0 and start_step >= 0, got {global_batch_size}, {start_step}")
     start, stop = _check_rows(global_batch_size, rows)
     _check_input(config)
-    builder = _builder(config)
-    channels = _channels(builder)
+    builder, source, features, channels = _open(config, "train_split")
     train_fn = _train_fn(config, channels)
     split = config.dataset.train_split
-    source = _source(builder, split)
     if source is None:
         _warn_no_random_access(config)
         local = stop - start
@@ -449,7 +492,7 @@ def make_train_iterator(
             builder, config, channels, split, start // local, global_batch_size // local, local, start_step
         )
     else:
-        records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
+        records = _Records(source, features, channels, bool(_cfg(config.dataset, "cache", False)))
         if records.size == 0:
             raise ValueError(f"config.dataset.train_split={split!r} has no examples")
         order = lambda: global_order(records.size, int(config.seed), global_batch_size, (start, stop), start_step)
@@ -518,8 +561,7 @@ def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
     """
     start, stop = _check_rows(global_batch_size, rows)
     _check_input(config)
-    builder = _builder(config)
-    channels = _channels(builder)
+    builder, source, features, channels = _open(config, "eval_split")
     eval_fn = _eval_fn(config, channels)
     size = int(config.input.image_size)
     padding = {
@@ -528,7 +570,6 @@ def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
         "mask": tf.constant(False),
     }
     split = config.dataset.eval_split
-    source = _source(builder, split)
     if source is None:
         return _stream_eval(
             builder,
@@ -540,7 +581,7 @@ def make_eval_iterator(config, *, global_batch_size: int, rows) -> EvalBatches:
             global_batch_size // (stop - start),
             stop - start,
         )
-    records = _Records(source, builder.info.features, channels, bool(_cfg(config.dataset, "cache", False)))
+    records = _Records(source, features, channels, bool(_cfg(config.dataset, "cache", False)))
     num_batches = math.ceil(records.size / global_batch_size)
     offsets = np.arange(start, stop, dtype=np.int64)
 

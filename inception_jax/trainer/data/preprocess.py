@@ -37,18 +37,35 @@ def _split(seed, num: int) -> list[tf.Tensor]:
     return tf.unstack(tf.random.experimental.stateless_split(seed, num=num))
 
 
+# libjpeg's accurate integer DCT, which PIL (and so timm, torchvision, Keras' load_img) decodes with.
+# TensorFlow's default is the fast DCT: about one grey level off on average, up to 7 (REFERENCES.md §10).
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
+
+
 def decode(encoded: tf.Tensor, channels: int) -> tf.Tensor:
-    """Decodes a PNG/JPEG/GIF/BMP string to uint8 (H, W, channels)."""
-    image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+    """Decodes a PNG/JPEG/GIF/BMP string to uint8 (H, W, channels); JPEGs to PIL's pixels exactly."""
+
+    def jpeg():
+        return tf.io.decode_jpeg(encoded, channels=channels, dct_method=JPEG_DCT_METHOD)
+
+    def other():
+        return tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+
+    image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     image.set_shape([None, None, channels])
     return image
 
 
-def resize(image: tf.Tensor, size: Sequence, interpolation: str = "bilinear") -> tf.Tensor:
-    """Resizes to `size` (height, width) with antialiasing (PIL-like when shrinking); float32 in [0, 255]."""
+def resize(image: tf.Tensor, size: Sequence, interpolation: str = "bilinear", *, antialias: bool = True) -> tf.Tensor:
+    """Resizes to `size` (height, width); float32 in [0, 255].
+
+    With `antialias` (the default) the filter widens when shrinking, as PIL's does: against PIL's own
+    resize, bilinear is within 1 grey level and bicubic within a few at sharp edges (0.15 on average),
+    the same as two Pillow releases differ from each other (tests/test_preprocessing.py, REFERENCES.md §10).
+    """
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation={interpolation!r}; expected one of {sorted(_INTERPOLATIONS)}")
-    out = tf.image.resize(image, size, method=_INTERPOLATIONS[interpolation], antialias=True)
+    out = tf.image.resize(image, size, method=_INTERPOLATIONS[interpolation], antialias=antialias)
     return tf.clip_by_value(tf.cast(out, tf.float32), 0.0, 255.0)
 
 
@@ -140,7 +157,7 @@ def decode_and_inception_crop(
 
     def from_jpeg():
         window = crop_window(tf.image.extract_jpeg_shape(encoded), seed, **kwargs)
-        crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=channels)
+        crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=channels, dct_method=JPEG_DCT_METHOD)
         return resize(crop, [image_size, image_size], interpolation)
 
     def from_other():
@@ -166,23 +183,65 @@ def central_crop(image: tf.Tensor, image_size: int, crop_pct: float, *, interpol
 
     As timm's eval transform (torchvision `Resize(int)` + `CenterCrop`): the longer side scales to
     `int(scale * long / short)`, and the crop offset is `round((side - image_size) / 2)`, rounding
-    half to even as Python's `round` does.
+    half to even as Python's `round` does. `resize_and_crop` with `resize="shorter_side"`.
+    """
+    return resize_and_crop(image, image_size, crop_pct, interpolation=interpolation)
+
+
+def resize_and_crop(
+    image: tf.Tensor,
+    image_size: int,
+    crop_pct: float,
+    *,
+    interpolation: str = "bilinear",
+    resize_mode: str = "shorter_side",
+    antialias: bool = True,
+) -> tf.Tensor:
+    """Resize to `scale = floor(image_size / crop_pct)`, then take the central `image_size` square.
+
+    `resize_mode="shorter_side"`: the shorter side becomes `scale` and the longer `int(scale * long /
+    short)` (timm / torchvision). `"square"`: the whole image becomes `scale` x `scale`, aspect ratio
+    not kept (Keras' `load_img(target_size=...)`, pytorch-fid; timm's crop_mode="squash").
+    Float32 in [0, 255].
     """
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct={crop_pct}; expected 0 < crop_pct <= 1")
+    if resize_mode not in ("shorter_side", "square"):
+        raise ValueError(f"resize_mode={resize_mode!r}; expected 'shorter_side' or 'square'")
     scale_size = math.floor(image_size / crop_pct)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
-    short = tf.minimum(height, width)
-    # Integer arithmetic, so the longer side is exactly int(scale_size * long / short).
-    new_h = tf.where(height == short, scale_size, (scale_size * height) // short)
-    new_w = tf.where(width == short, scale_size, (scale_size * width) // short)
-    resized = resize(image, tf.stack([new_h, new_w]), interpolation)
+    if resize_mode == "square":
+        new_h = new_w = tf.constant(scale_size, tf.int32)
+    else:
+        short = tf.minimum(height, width)
+        # Integer arithmetic, so the longer side is exactly int(scale_size * long / short).
+        new_h = tf.where(height == short, scale_size, (scale_size * height) // short)
+        new_w = tf.where(width == short, scale_size, (scale_size * width) // short)
+    resized = resize(image, tf.stack([new_h, new_w]), interpolation, antialias=antialias)
     top = tf.cast(tf.round(tf.cast(new_h - image_size, tf.float32) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - image_size, tf.float32) / 2.0), tf.int32)
     out = tf.slice(resized, [top, left, 0], [image_size, image_size, -1])
     out.set_shape([image_size, image_size, image.shape[-1]])
     return out
+
+
+def eval_transform(image: tf.Tensor, transform) -> tf.Tensor:
+    """A decoded image -> uint8 (image_size, image_size, 3) per `transform` (an
+    `inception_jax.preprocessing.EvalTransform`): resize, central crop, 3 channels, rounded to uint8.
+
+    What the trainer's eval pipeline does for `config.input` (`central_crop`, then rounding); normalise
+    the result with `transform.mean/std` (`normalize`, `inception_jax.preprocessing.normalize`).
+    """
+    out = resize_and_crop(
+        image,
+        transform.image_size,
+        transform.crop_pct,
+        interpolation=transform.interpolation,
+        resize_mode=transform.resize,
+        antialias=transform.antialias,
+    )
+    return tf.cast(tf.clip_by_value(tf.round(to_rgb(out)), 0.0, 255.0), tf.uint8)
 
 
 def color_distortion(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
