@@ -1,6 +1,8 @@
 import os
 import tempfile
 
+import pytest
+
 # Eight fake CPU devices for the data-parallel tests; set before JAX initialises its backend.
 # XLA's CPU compiles dominate this suite (an Inception train step takes 1-2 minutes at the default
 # LLVM level); level 0 compiles about a third faster and computes the same operations.
@@ -21,9 +23,46 @@ except ImportError:  # the references are a test extra; without them their tests
     pass
 
 
+# Tests of 15 s or more in the suite's timings (2026-12-05) that the quick tier (`-m "not slow"`) leaves
+# out although they are not end-to-end runs: each family keeps a parity test at a small size there, and
+# these are the larger sizes, the second kernel form and the real-file Keras conversions. Node-id prefixes.
+HEAVY = (
+    "tests/test_convert_keras.py::test_inception_v3_keras_archive_299",
+    "tests/test_convert_keras.py::test_inception_resnet_v2_",
+    "tests/test_convert_keras.py::test_inception_v3_legacy_model_h5",
+    "tests/test_inception_v4.py::test_float64_logits_and_stages_match_timm[299",
+    "tests/test_inception_v4.py::test_float64_logits_and_stages_match_timm[107-xla]",
+    "tests/test_inception_v4.py::test_aux_head_runs_in_train_mode_and_at_the_minimum_size",
+    "tests/test_inception_resnet.py::test_float64_logits_and_stages_match_timm[299",
+    "tests/test_models_common.py::test_remat_computes_the_same_loss_and_gradients",
+    "tests/test_models_common.py::test_depths_add_or_drop_whole_blocks[inception_resnet_v2]",
+    "tests/test_googlenet.py::test_eval_logits_match_torchvision[224]",
+    "tests/test_googlenet.py::test_init_outputs_and_dropout",
+    "tests/test_googlenet.py::test_train_mode_aux_heads_match_torchvision[auto]",
+    "tests/test_inception_v3.py::test_timm_parity_eval_299",
+    "tests/test_inception_v3.py::test_aux_head_train_mode_matches_timm[xla]",
+    "tests/test_bn_inception.py::test_outputs_train_mode_and_dropout",
+    "tests/test_fid.py::test_cli_matches_pytorch_fid_end_to_end",
+    "tests/test_fid.py::test_mixed_size_folder_features_match_pytorch_fid_per_image",
+    "tests/test_data.py::test_train_batches_are_the_same_for_any_row_split_and_resume_exactly[False]",
+    "tests/test_stacking.py::test_weight_files_load_into_either_layout",
+    "tests/test_stacking.py::test_the_trainer_loads_init_from_weights_of_the_other_layout",
+    "tests/test_costs.py::test_the_cli_prints_markdown_and_rejects_unknown_models",
+    "tests/test_reliability.py::test_cli_exit_status_in_a_real_process",
+    "tests/test_multihost.py::test_a_peer_that_never_starts_is_a_clear_error_not_a_hang",
+    "tests/test_bench.py::test_tiny_input_benchmark_times_the_training_pipeline",
+    "tests/test_train.py::test_the_loop_dispatches_steps_without_waiting_for_them",
+    "tests/test_evaluate.py::test_every_example_once_and_the_numbers_of_a_direct_computation[1001",
+    "tests/test_predict.py::test_module_entry_point",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Long end-to-end tests (`@pytest.mark.slow`) first. xdist's `worksteal` mode (scripts/test.sh)
-    hands each worker a contiguous half of this order and lets an idle worker take over part of the
-    other's queue, so the short tests at the end even out the finish. (`load` mode sent every slow test
-    to one worker, which ran 200 s after the other went idle.)"""
+    """Marks the HEAVY tests slow, then puts the slow tests first. xdist's `worksteal` mode
+    (scripts/test.sh) hands each worker a contiguous half of this order and lets an idle worker take over
+    part of the other's queue, so the short tests at the end even out the finish. (`load` mode sent every
+    slow test to one worker, which ran 200 s after the other went idle.)"""
+    for item in items:
+        if item.nodeid.startswith(HEAVY):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -6,7 +6,9 @@ global BatchNorm statistics match hand-computed numbers; eval counts a ragged sp
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -24,15 +26,13 @@ from inception_jax.trainer import finetune, parallel, rundir, train, validation 
 from inception_jax.trainer.config import base_config  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-# Longest first, as measured in the suite (v3 ~100 s, v2 ~60 s, the others 25-45 s; conftest runs slow
-# tests first), so the xdist workers finish together. The digits tests (resume, NaN, init_from) are
-# defined before the config test and so run before it, on the same worker: they share one compiled
-# program, which the first of them compiles.
+# One run per recipe branch, longest first so that the xdist workers finish together (conftest runs
+# slow tests first): each config file once, plus IR-v1, whose recipe drops the aux loss. inception_v2
+# and inception_resnet_v2 share their files' recipes with v3 and v4; every variant's train and eval
+# steps are traced and lowered in test_lowering.py.
 VARIANT_CONFIGS = [
     ("inception_v3", "inception_v3"),
-    ("inception_v3", "inception_v2"),
     ("inception_v4", "inception_v4"),
-    ("inception_v4", "inception_resnet_v2"),
     ("bn_inception", "bn_inception"),
     ("googlenet", "googlenet"),
     ("inception_v4", "inception_resnet_v1"),
@@ -72,28 +72,38 @@ def _leaves(state):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """4 uninterrupted steps on digits, shared by the resume and init_from tests: (state, root, output)."""
+    root = tmp_path_factory.mktemp("straight")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        state = train.train_and_evaluate(_digits_config(str(root / "tfds")), str(root / "a"))
+    return state, root, out.getvalue()
+
+
 @pytest.mark.slow
-def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
+def test_resume_is_bitwise_identical(straight_run, tmp_path, monkeypatch, capsys):
     """4 steps straight == 2 steps + SIGTERM + restart + 2 steps: parameters and metrics, bitwise.
 
     The final eval covers digits' 297 test images in batches of 64 (8 per device): the padded tail
     of the last batch is masked, nothing dropped or double-counted; `eval_only` then re-evaluates the
     last checkpoint, prints the same numbers and writes no metrics. (One test, so the suite compiles
     this program once.)"""
-    data_dir = str(tmp_path / "tfds")
-    straight = train.train_and_evaluate(_digits_config(data_dir), str(tmp_path / "a"))
-    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    straight, root, out = straight_run
+    data_dir, run_a = str(root / "tfds"), root / "a"
+    saved = json.loads((run_a / "config.json").read_text())
     assert saved["model"]["name"] == "googlenet" and saved["total_steps"] == 4
-    final = rundir.read_metrics(str(tmp_path / "a"))[-1]
+    final = rundir.read_metrics(str(run_a))[-1]
     assert final["step"] == 4 and final["eval/examples"] == 297
-    out = capsys.readouterr().out
     assert "googlenet on digits: 1 process(es), 8 device(s); global batch 16 (2 per device" in out
     assert "train step: " in out and "eval step: " in out
-    train.train_and_evaluate(_digits_config(data_dir, eval_only=True), str(tmp_path / "a"))
+    capsys.readouterr()
+    train.train_and_evaluate(_digits_config(data_dir, eval_only=True), str(run_a))
     out = capsys.readouterr().out
     assert f"top1 {final['eval/top1']:.4f}  top5 {final['eval/top5']:.4f}  (297 examples)" in out
     assert "eval step: read from the compilation cache in" in out  # compiled by the first call
-    assert rundir.read_metrics(str(tmp_path / "a"))[-1] == final
+    assert rundir.read_metrics(str(run_a))[-1] == final
 
     # Preempt the second run the way a cluster does: SIGTERM arrives during step 2, while the batch of
     # step 3 is being sent to the devices (the trainer keeps one batch in flight ahead of the step).
@@ -117,7 +127,7 @@ def test_resume_is_bitwise_identical(tmp_path, monkeypatch, capsys):
     for a, b in zip(_leaves(straight), _leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]
-    assert strip(rundir.read_metrics(str(tmp_path / "a"))) == strip(rundir.read_metrics(str(tmp_path / "b")))
+    assert strip(rundir.read_metrics(str(run_a))) == strip(rundir.read_metrics(str(tmp_path / "b")))
 
 
 # --- BatchNorm statistics: global batch vs per device, against numpy -----------------------------
@@ -204,8 +214,8 @@ def test_nonfinite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_init_from_reinitialises_only_the_classifier(tmp_path):
-    donor = train.train_and_evaluate(_digits_config(str(tmp_path / "tfds")), str(tmp_path / "donor"))
+def test_init_from_reinitialises_only_the_classifier(straight_run, tmp_path):
+    donor, root, _ = straight_run
     c = load_config("googlenet", "runlocal")
     c.dataset.name = "imagenet2012"
     c.input.image_size = 32
@@ -216,7 +226,7 @@ def test_init_from_reinitialises_only_the_classifier(tmp_path):
     c.schedule.base_learning_rate = 1e-9
     c.total_steps = 1
     c.progress_bar = False
-    c.init_from = str(tmp_path / "donor")
+    c.init_from = str(root / "a")
     with tfds.testing.mock_data(num_examples=8):
         state = train.train_and_evaluate(c, str(tmp_path / "finetune"))
     ours, theirs = jax.device_get(state.params), jax.device_get(donor.params)
@@ -498,9 +508,9 @@ class _SlowOnDevice(nn.Module):
     @nn.compact
     def __call__(self, x, train=False, return_endpoints=False):
         feats = jnp.mean(x, axis=(1, 2))
-        w = self.param("w", nn.initializers.orthogonal(), (512, 512))
-        busy = jnp.ones((512, 512)) * jnp.mean(feats)
-        for _ in range(12):
+        w = self.param("w", nn.initializers.orthogonal(), (256, 256))
+        busy = jnp.ones((256, 256)) * jnp.mean(feats)
+        for _ in range(8):
             busy = jnp.tanh(busy @ w)
         logits = nn.Dense(self.num_classes, name="fc")(feats) + 1e-3 * jnp.mean(busy)
         return logits, {"pre_logits": feats, "aux_logits": ()}
