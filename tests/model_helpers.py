@@ -46,3 +46,15 @@ def jit_apply(model, variables, x, *, rngs=None, **kwargs):
     (logits, out), state = result if mutable else (result, None)
     out = {k: out[k] for k in order}
     return ((logits, out), state) if mutable else (logits, out)
+
+
+def load_config(name: str, arg: str | None = None):
+    """`configs/<name>.py`'s `get_config(arg)`, as `--config=configs/<name>.py:arg` loads it."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)

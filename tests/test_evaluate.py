@@ -149,3 +149,46 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, digits_dir, capsys):
         err = capsys.readouterr().err.strip()
         assert expected in err and "\n" not in err, err
     assert not os.path.exists(tmp_path / "file" / "evaluation.json")
+
+
+def _folder(root, classes=("cat", "dog", "fox"), per_class=6):
+    """A one-folder layout of small JPEGs, each class a different dominant colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, (40, 48, 3))
+            pixels[..., c] += 150
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.mark.slow
+def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tmp_path, capsys):
+    """configs/finetune_folder.py from a weights file's recorded preprocessing; the run then evaluates and
+    predicts by --workdir with the folder's class names."""
+    from model_helpers import load_config
+
+    from inception_jax.tools import predict
+
+    data = _folder(tmp_path / "photos")
+    _weights(tmp_path / "w.msgpack", 10)
+    c = load_config("finetune_folder", f"init_from={tmp_path / 'w.msgpack'},data={data},batch=8,blocks=1")
+    assert c.input.image_size == SIZE and c.trainable == "last:1" and c.dataset.name == f"folder:{data}"
+    c.num_epochs, c.total_steps, c.progress_bar = 0.0, 2, False
+    train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert rundir.read_config(str(tmp_path / "run"))["dataset"]["label_names"] == ["cat", "dog", "fox"]
+    capsys.readouterr()
+
+    run = ["--workdir", str(tmp_path / "run")]
+    result = _run_json(capsys, run + ["--dataset", f"folder:{data}"])
+    assert result["split"] == "validation" and result["examples"] == 3  # one of six per class held out
+    assert [r["class"] for r in result["per_class"]] == ["cat", "dog", "fox"]
+    assert predict.main(run + [str(data / "dog"), "--json", "--top-k", "3"]) == 0
+    predicted = json.loads(capsys.readouterr().out)
+    assert len(predicted["images"]) == 6
+    for image in predicted["images"]:
+        assert sorted(p["class"] for p in image["predictions"]) == ["cat", "dog", "fox"]
+        assert sum(p["probability"] for p in image["predictions"]) == pytest.approx(1.0, abs=1e-6)

@@ -120,7 +120,7 @@ def test_module_entry_point_json_on_files_and_a_folder(tiny):
         assert [q["class"] for q in predictions] == [CLASSES[q["index"]] for q in predictions]
         got = np.array([q["probability"] for q in predictions])
         np.testing.assert_allclose(got, p[np.argsort(-p)], rtol=1e-4, atol=1e-5)
-    assert "recorded in the weights file" in result.stderr
+    assert "recorded with the weights" in result.stderr
 
 
 def test_table_csv_top_k_and_overrides(tiny, capsys):
@@ -210,7 +210,7 @@ def test_bad_flag_values_are_named(tiny, capsys):
 
 
 def test_class_names_recorded_imagenet_or_indices(capsys):
-    assert predict.class_names_for(3, CLASSES) == (list(CLASSES), "recorded in the weights file")
+    assert predict.class_names_for(3, CLASSES) == (list(CLASSES), "recorded with the weights")
     names, source = predict.class_names_for(1000, None)
     assert names[0] == "tench" and "ImageNet" in source
     names, _ = predict.class_names_for(1001, None)

@@ -9,7 +9,6 @@ matrix PNG. One process (all its local devices). Options: docs/weights.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,101 +19,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from inception_jax import kernels, preprocessing
-from inception_jax.tools import predict
+from inception_jax.tools import model_source
+from inception_jax.tools.model_source import InputError
 
 MAX_CONFUSION_CLASSES = 100
 DEFAULT_SPLITS = ("validation", "test")
 
 
-class EvaluateInputError(ValueError):
-    """Input the command cannot use; the message names it and what to do."""
-
-
-@dataclasses.dataclass
-class Source:
-    """What is evaluated: the module, its variables, its input transform and its class names."""
-
-    name: str
-    model: object
-    variables: dict
-    transform: preprocessing.EvalTransform | None
-    class_names: tuple[str, ...] | None
-    described: str
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inception-evaluate", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="a .msgpack written by inception-convert or save_variables")
-    source.add_argument("--workdir", help="a training run's directory: its newest checkpoint (EMA weights if used)")
+    model_source.add_source_flags(parser)
     parser.add_argument("--dataset", required=True, help="a prepared TFDS dataset, 'digits', or folder:PATH")
     parser.add_argument("--data-dir", help="TFDS data dir (default: TFDS's own)")
-    parser.add_argument("--split", default=None, help="the split to evaluate (default: the dataset's eval split)")
+    parser.add_argument("--split", default=None, help="the split to evaluate (default: validation, else test)")
     parser.add_argument("--batch-size", type=int, default=64, help="global batch (rounded up to the device count)")
     parser.add_argument("--output", help="folder for evaluation.json and confusion.png")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    group = parser.add_argument_group("preprocessing (default: what the weights file or run records)")
-    group.add_argument("--preprocessing", metavar="PRESET", help=f"one of {', '.join(preprocessing.PRESETS)}")
-    group.add_argument("--image-size", type=int)
-    group.add_argument("--crop-pct", type=float)
-    group.add_argument("--interpolation", choices=preprocessing.INTERPOLATIONS)
-    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="in [0, 1] units")
-    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="in [0, 1] units")
-    group.add_argument("--resize", choices=preprocessing.RESIZES)
+    model_source.add_transform_flags(parser)
     return parser
-
-
-def _from_weights(path: str) -> Source:
-    from inception_jax.weights import load_weights_file
-
-    if not os.path.isfile(path):
-        raise EvaluateInputError(f"--weights {path!r} does not exist; convert weights with inception-convert")
-    try:
-        w = load_weights_file(path)
-    except (ValueError, OSError) as e:
-        raise EvaluateInputError(" ".join(str(e).split())) from None
-    return Source(w.name, w.model, dict(w.variables), w.preprocessing, w.class_names, path)
-
-
-def _from_workdir(workdir: str) -> Source:
-    """The run's model (config.json), its newest checkpoint, and the eval transform it trained with."""
-    from inception_jax.trainer import checkpoint, rundir, train
-
-    config = rundir.read_config(workdir)
-    if config is None:
-        raise EvaluateInputError(f"--workdir {workdir!r} has no {rundir.CONFIG_FILE}: not a training run's directory")
-    import ml_collections
-
-    config = ml_collections.ConfigDict(config)
-    try:
-        variables, step = checkpoint.load_eval_variables(workdir, ema=bool(config.get("ema_decay")))
-    except FileNotFoundError as e:
-        raise EvaluateInputError(str(e)) from None
-    num_classes = int(variables["params"][_classifier(variables["params"])]["kernel"].shape[-1])
-    model = train.build_model(config, num_classes)
-    inp = config.input
-    transform = preprocessing.EvalTransform(
-        image_size=inp.image_size,
-        crop_pct=inp.get("crop_pct") or 1.0,
-        interpolation=inp.get("interpolation") or "bilinear",
-        mean=inp.mean,
-        std=inp.std,
-        name=f"the run's config.input ({workdir})",
-    )
-    names = config.dataset.get("label_names")
-    described = f"{workdir} at step {step}" + (" (EMA weights)" if config.get("ema_decay") else "")
-    return Source(config.model.name, model, variables, transform, tuple(names) if names else None, described)
-
-
-def _classifier(params: dict) -> str:
-    """The top-level classifier's name (`fc`, `last_linear`, `classif`, `Logits`: finetune.HEAD_MODULES)."""
-    from inception_jax.trainer import finetune
-
-    found = [k for k in finetune.HEAD_MODULES if k in params]
-    if not found:
-        raise EvaluateInputError(f"the checkpoint has no classifier (none of {finetune.HEAD_MODULES})")
-    return found[0]
 
 
 def _config(args, transform: preprocessing.EvalTransform, batch_size: int):
@@ -140,7 +63,7 @@ def _config(args, transform: preprocessing.EvalTransform, batch_size: int):
                 if "does not select a split" not in str(e):
                     raise
         else:
-            raise EvaluateInputError(f"{args.dataset} has none of the splits {DEFAULT_SPLITS}; name one with --split")
+            raise InputError(f"{args.dataset} has none of the splits {DEFAULT_SPLITS}; name one with --split")
     return c
 
 
@@ -150,7 +73,7 @@ def _label_offset(num_outputs: int, num_classes: int, described: str, dataset: s
         return 0
     if num_outputs == num_classes + 1:
         return 1
-    raise EvaluateInputError(
+    raise InputError(
         f"{described} has {num_outputs} outputs but {dataset} has {num_classes} classes; evaluate it on a "
         "dataset with the same classes (fine-tune it first: docs/training.md)"
     )
@@ -175,7 +98,7 @@ def _step(model, mesh, mean, std, offset: int, k: int):
     )
 
 
-def evaluate(source: Source, config, *, progress: bool = True) -> dict:
+def evaluate(source: model_source.Source, config, *, progress: bool = True) -> dict:
     """Runs the split once; returns the metrics, the per-class table and the confusion matrix."""
     from tqdm import tqdm
 
@@ -277,32 +200,24 @@ def write_table(out, result: dict) -> None:
 
 
 def run(args) -> dict:
-    from inception_jax.models import registry
     from inception_jax.trainer.data import pipeline
 
     if args.batch_size < 1:
-        raise EvaluateInputError(f"--batch-size {args.batch_size}: must be at least 1")
+        raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.output and os.path.isfile(args.output):
-        raise EvaluateInputError(f"--output {args.output!r} is a file; name a folder")
-    source = _from_weights(args.weights) if args.weights else _from_workdir(args.workdir)
-    try:
-        transform = predict.resolve_transform(source.transform, args, source.described)
-    except ValueError as e:
-        raise EvaluateInputError(str(e)) from None
-    min_size = registry.data_config(source.name).min_input_size
-    if transform.image_size < min_size:
-        raise EvaluateInputError(
-            f"image size {transform.image_size} is below {source.name}'s minimum input of {min_size} pixels"
-        )
+        raise InputError(f"--output {args.output!r} is a file; name a folder")
+    source = model_source.load(args)
+    transform = model_source.resolve_transform(source.transform, args, source.described)
+    model_source.check_input_size(source, transform)
     devices = jax.local_device_count()
     batch_size = -(-args.batch_size // devices) * devices
     try:
         config = _config(args, transform, batch_size)
         result = evaluate(source, config, progress=not args.no_progress and not args.json)
     except (ValueError, FileNotFoundError, pipeline.DatasetNotPreparedError) as e:
-        if isinstance(e, EvaluateInputError):
+        if isinstance(e, InputError):
             raise
-        raise EvaluateInputError(" ".join(str(e).split())) from None
+        raise InputError(" ".join(str(e).split())) from None
     if args.output:
         os.makedirs(args.output, exist_ok=True)
         with open(os.path.join(args.output, "evaluation.json"), "w") as f:
@@ -322,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except EvaluateInputError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

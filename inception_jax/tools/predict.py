@@ -1,4 +1,4 @@
-"""`inception-predict --weights FILE IMAGE... | DIR [--top-k 5] [--json | --csv]`: class predictions.
+"""`inception-predict --weights FILE | --workdir RUN IMAGE... | DIR [--top-k 5] [--json|--csv]`: predictions.
 
 Each image goes through the evaluation preprocessing the weights file records (the trainer's eval code,
 `preprocess.eval_transform`, proven equal to the publisher's in tests/test_preprocessing.py), then the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import functools
 import io
 import json
@@ -25,20 +24,18 @@ import numpy as np
 
 from inception_jax import kernels, preprocessing
 from inception_jax.preprocessing import EvalTransform
+from inception_jax.tools import model_source
+from inception_jax.tools.model_source import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
 
 
-class PredictInputError(ValueError):
-    """Input the command cannot use; the message names it and what to do."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="inception-predict", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    parser.add_argument("--weights", required=True, help="a .msgpack written by inception-convert or save_variables")
+    model_source.add_source_flags(parser)
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classes per image (default {DEFAULT_TOP_K})")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -46,41 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"images per forward pass ({DEFAULT_BATCH_SIZE})"
     )
-    group = parser.add_argument_group("preprocessing (default: what the weights file records)")
-    group.add_argument("--preprocessing", metavar="PRESET", help=f"one of {', '.join(preprocessing.PRESETS)}")
-    group.add_argument("--image-size", type=int, help="input side in pixels")
-    group.add_argument("--crop-pct", type=float, help="central crop fraction: resize to floor(size / crop_pct)")
-    group.add_argument("--interpolation", choices=preprocessing.INTERPOLATIONS)
-    group.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="in [0, 1] units")
-    group.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="in [0, 1] units")
-    group.add_argument("--resize", choices=preprocessing.RESIZES, help="shorter_side (keep aspect) or square")
+    model_source.add_transform_flags(parser)
     return parser
-
-
-_OVERRIDES = ("image_size", "crop_pct", "interpolation", "mean", "std", "resize")
-
-
-def resolve_transform(recorded: EvalTransform | None, args, weights: str) -> EvalTransform:
-    """The file's transform, replaced by `--preprocessing` and then by the individual flags."""
-    base = recorded
-    if args.preprocessing:
-        base = preprocessing.preset(args.preprocessing)
-    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
-    if base is None:
-        if not overrides:
-            raise PredictInputError(
-                f"{weights} records no preprocessing; name its publisher's with --preprocessing "
-                f"(one of {', '.join(preprocessing.PRESETS)}) or give --image-size, --crop-pct, "
-                "--interpolation, --mean and --std"
-            )
-        missing = [k for k in ("image_size", "crop_pct", "interpolation", "mean", "std") if k not in overrides]
-        if missing:
-            flags = ", ".join("--" + k.replace("_", "-") for k in missing)
-            raise PredictInputError(f"{weights} records no preprocessing, so {flags} must be given too")
-        return EvalTransform(**overrides)
-    if not overrides:
-        return base
-    return dataclasses.replace(base, **overrides, name=None)
 
 
 def list_images(inputs: Sequence[str]) -> list[str]:
@@ -95,12 +59,12 @@ def list_images(inputs: Sequence[str]) -> list[str]:
                 if name.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not found:
-                raise PredictInputError(f"folder {item!r} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
+                raise InputError(f"folder {item!r} holds no images ({' '.join(IMAGE_EXTENSIONS)})")
             files += found
         elif os.path.isfile(item):
             files.append(item)
         else:
-            raise PredictInputError(f"image {item!r} does not exist")
+            raise InputError(f"image {item!r} does not exist")
     return files
 
 
@@ -125,7 +89,7 @@ def load_images(files: Sequence[str], transform: EvalTransform) -> np.ndarray:
         try:
             images[i] = load(tf.constant(data)).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
-            raise PredictInputError(f"{path!r}: TensorFlow cannot decode this image") from None
+            raise InputError(f"{path!r}: TensorFlow cannot decode this image") from None
     return images
 
 
@@ -142,24 +106,24 @@ def _read_image_file(path: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise PredictInputError(f"cannot read image {path!r}: {e.strerror or e}") from None
+        raise InputError(f"cannot read image {path!r}: {e.strerror or e}") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind = image.format
             image.load()
     except UnidentifiedImageError:
-        raise PredictInputError(f"{path!r} is not an image (JPEG, PNG, GIF, BMP or WebP)") from None
+        raise InputError(f"{path!r} is not an image (JPEG, PNG, GIF, BMP or WebP)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise PredictInputError(f"{path!r} is not a readable image: {' '.join(str(e).split())}") from None
+        raise InputError(f"{path!r} is not a readable image: {' '.join(str(e).split())}") from None
     if kind not in _TF_FORMATS:
-        raise PredictInputError(f"{path!r} is a {kind} image; use JPEG, PNG, GIF, BMP or WebP")
+        raise InputError(f"{path!r} is a {kind} image; use JPEG, PNG, GIF, BMP or WebP")
     return data
 
 
 def class_names_for(num_classes: int, recorded: Sequence[str] | None) -> tuple[list[str], str]:
     """(one name per output, where they come from)."""
     if recorded is not None and len(recorded) == num_classes:
-        return list(recorded), "recorded in the weights file"
+        return list(recorded), "recorded with the weights"
     if recorded is not None:
         print(
             f"warning: the weights file records {len(recorded)} class names for {num_classes} outputs; not used",
@@ -244,42 +208,29 @@ def write_json(out, files, probs, names, k, meta: dict) -> None:
 
 
 def run(args) -> None:
-    from inception_jax.models import registry
-    from inception_jax.weights import load_weights_file
-
     if args.top_k < 1:
-        raise PredictInputError(f"--top-k {args.top_k}: must be at least 1")
+        raise InputError(f"--top-k {args.top_k}: must be at least 1")
     if args.batch_size < 1:
-        raise PredictInputError(f"--batch-size {args.batch_size}: must be at least 1")
-    if not os.path.isfile(args.weights):
-        raise PredictInputError(f"--weights {args.weights!r} does not exist; convert weights with inception-convert")
+        raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.weights and not os.path.isfile(args.weights):
+        raise InputError(f"--weights {args.weights!r} does not exist; convert weights with inception-convert")
     files = list_images(args.inputs)
-    try:
-        weights = load_weights_file(args.weights)
-    except (ValueError, OSError) as e:  # not a variables file, or one for a model we do not have
-        raise PredictInputError(" ".join(str(e).split())) from None
-    try:
-        transform = resolve_transform(weights.preprocessing, args, args.weights)
-    except ValueError as e:  # a bad flag value, an unknown preset
-        raise PredictInputError(str(e)) from None
-    min_size = registry.data_config(weights.name).min_input_size
-    if transform.image_size < min_size:
-        raise PredictInputError(
-            f"image size {transform.image_size} is below {weights.name}'s minimum input of {min_size} pixels"
-        )
-    num_classes = int(getattr(weights.model, "num_classes", 0) or 0)
+    source = model_source.load(args)
+    transform = model_source.resolve_transform(source.transform, args, source.described)
+    model_source.check_input_size(source, transform)
+    num_classes = int(getattr(source.model, "num_classes", 0) or 0)
     if num_classes < 1:
-        raise PredictInputError(f"{args.weights!r} has no classifier (num_classes={num_classes}): nothing to predict")
-    names, names_source = class_names_for(num_classes, weights.class_names)
+        raise InputError(f"{source.described} has no classifier (num_classes={num_classes}): nothing to predict")
+    names, names_source = class_names_for(num_classes, source.class_names)
     images = load_images(files, transform)
     print(f"preprocessing: {transform.describe()}", file=sys.stderr)
     print(f"class names: {names_source}", file=sys.stderr)
-    probs = predict_probabilities(weights.model, weights.variables, images, transform, args.batch_size)
+    probs = predict_probabilities(source.model, source.variables, images, transform, args.batch_size)
     k = min(args.top_k, num_classes)
     if args.json:
         meta = {
-            "weights": args.weights,
-            "model": weights.name,
+            "weights": source.described,
+            "model": source.name,
             "num_classes": num_classes,
             "preprocessing": transform.to_dict(),
         }
@@ -294,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except PredictInputError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -250,6 +250,33 @@ def inception_v4_2017(c: ml_collections.ConfigDict, model: str = "inception_v4")
     c.bn_statistics = "per_device"
 
 
+def transfer_recipe(c: ml_collections.ConfigDict, init_from: str, blocks: int) -> None:
+    """Fine-tuning a converted file (torchvision's fine-tuning tutorial, Keras' transfer-learning guide):
+    the file's model with a new classifier; the head and the last `blocks` blocks train (0: the head
+    only), the backbone at a tenth of the head's rate, every BatchNorm frozen (small batches give poor
+    statistics); SGD with Nesterov momentum on a cosine schedule, label smoothing 0.1."""
+    from inception_jax.weights import read_model_spec
+
+    name, options = read_model_spec(init_from)
+    c.model.name = name
+    for key, value in options.items():
+        if key != "num_classes":  # the dataset's classes; the head is re-initialised
+            c.model[key] = tuple(value) if isinstance(value, list) else value
+    c.model.aux_logits = False
+    c.aux_loss_weights = ()
+    c.init_from = init_from
+    c.trainable = f"last:{blocks}" if blocks else "head"
+    c.freeze_bn = True
+    c.backbone_lr_multiplier = 0.1
+    c.optimizer.name = "sgd"
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 0.0
+    c.schedule.name = "cosine"
+    c.schedule.base_learning_rate = 0.01
+    c.label_smoothing = 0.1
+
+
 def _exponential(c, base: float, rate: float, every_epochs: float) -> None:
     c.schedule.name = "exponential"
     c.schedule.base_learning_rate = base
