@@ -186,8 +186,10 @@ def _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs)
     assert "joined: process 1 of 2, 4 local of 8 devices" in out1
     assert "global batch 16 (2 per device" in out0 and "global order" in out0
     assert "final eval at step" in out0 and "final eval" not in out1  # only process 0 reports
-    files = ["checkpoints", "config.json", "metrics.jsonl", "status.json", "tensorboard"]
+    files = ["checkpoints", "config.json", "environment.json", "metrics.jsonl", "status.json", "tensorboard"]
     assert sorted(os.listdir(global_runs["two"])) == files
+    env = rundir.read_environment(global_runs["two"])
+    assert (env["process_count"], env["device_count"], env["platform"]) == (2, 8, "cpu")
     status = rundir.read_status(global_runs["two"])
     assert (status["status"], status["step"], status["exit_code"]) == (rundir.FINISHED, STEPS, 0), status
 

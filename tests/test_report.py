@@ -12,6 +12,19 @@ import pytest
 from inception_jax.tools import report, sweep
 
 TOTAL = 20
+ENVIRONMENT = {
+    "python": "3.11.7",
+    "packages": {"jax": "0.10.2", "flax": "0.12.8"},
+    "cpu": "AMD EPYC",
+    "cpu_flags": ["avx2", "fma"],
+    "cpu_count": 2,
+    "platform": "cpu",
+    "device_kind": "cpu",
+    "device_count": 8,
+    "process_count": 1,
+    "xla_flags": "--xla_force_host_platform_device_count=8",
+    "commit": "abc123",
+}
 
 
 def _run(directory, name, overrides, top1s, *, loss=1.0, total=TOTAL, config=None):
@@ -34,6 +47,7 @@ def _run(directory, name, overrides, top1s, *, loss=1.0, total=TOTAL, config=Non
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     cfg = config or {"seed": overrides.get("seed", 0), "total_steps": total, "model": {"name": "googlenet"}}
     (workdir / "config.json").write_text(json.dumps(cfg))
+    (workdir / "environment.json").write_text(json.dumps(ENVIRONMENT))
     return workdir
 
 
@@ -149,6 +163,11 @@ def test_report_md_and_valid_pngs(toy_sweep, tmp_path_factory):
     )
     assert "| `model.variant=C` | 3/4 |" in text and "- model.variant=C,seed=3: exit 1: error: loss is NaN" in text
     assert "Runs started from commit `abc123`" in text
+    assert (
+        "Environment (9 runs): Python 3.11.7, jax 0.10.2, flax 0.12.8; CPU AMD EPYC (avx2 fma; 2 cores); "
+        "8 cpu device(s) in 1 process(es); XLA_FLAGS `--xla_force_host_platform_device_count=8`.\n"
+        "1 run recorded no environment." in text
+    )
     # Each setting compared with the first (the settings differ in one key each).
     assert text.count("vs `model.variant=A`") == 2
     for name in ("toy_curves.png", "toy_gmacs.png"):

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -94,6 +95,9 @@ def test_resume_is_bitwise_identical(straight_run, tmp_path, monkeypatch, capsys
     data_dir, run_a = str(root / "tfds"), root / "a"
     saved = json.loads((run_a / "config.json").read_text())
     assert saved["model"]["name"] == "googlenet" and saved["total_steps"] == 4
+    env = rundir.read_environment(str(run_a))
+    assert env["packages"]["jax"] == jax.__version__ and env["packages"]["flax"] == flax.__version__
+    assert (env["device_count"], env["platform"]) == (8, "cpu") and env["cpu"]
     final = rundir.read_metrics(str(run_a))[-1]
     assert final["step"] == 4 and final["eval/examples"] == 297
     assert "googlenet on digits: 1 process(es), 8 device(s); global batch 16 (2 per device" in out

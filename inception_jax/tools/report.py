@@ -38,6 +38,7 @@ class RunResult:
     wall_time_s: float | None = None
     params: int | None = None
     gmacs: float | None = None
+    environment: dict | None = None  # environment.json: versions, CPU, devices, XLA flags, commit
 
     @property
     def setting(self) -> dict:
@@ -109,6 +110,7 @@ def _load_sweep(directory: str) -> StudyRuns:
                 wall_time_s=rec.get("wall_time_s"),
                 params=rec.get("params"),
                 gmacs=rec.get("gmacs"),
+                environment=rundir.read_environment(workdir),
             )
         )
     return StudyRuns(
@@ -148,6 +150,7 @@ def _load_plain(directory: str, workdirs: list[str]) -> StudyRuns:
             "unknown",
             rundir.read_metrics(d),
             rundir.read_config(d) or {},
+            environment=rundir.read_environment(d),
         )
         run.status = "done" if run.final() else "unfinished"
         runs.append(run)
@@ -429,8 +432,36 @@ def plot(study: StudyRuns, rows: list[dict], out: str, metric: str) -> list[str]
 # ----------------------------------------------------------------------------------------------------
 
 
+def describe_environment(env: dict) -> str:
+    """One line: Python and library versions, CPU and its relevant flags, devices, XLA flags."""
+    packages = ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())
+    devices = f"{env.get('device_count')} {env.get('platform')} device(s) in {env.get('process_count')} process(es)"
+    if env.get("platform") != "cpu":
+        devices += f" ({env.get('device_kind')})"
+    flags = env.get("xla_flags") or "none"
+    cpu = f"{env.get('cpu')} ({' '.join(env.get('cpu_flags', [])) or 'no listed flags'}; {env.get('cpu_count')} cores)"
+    return f"Python {env.get('python')}, {packages}; CPU {cpu}; {devices}; XLA_FLAGS `{flags}`"
+
+
+def _environment_lines(study: StudyRuns) -> list[str]:
+    """Each distinct environment the study's runs recorded (without the commit and time), with its count."""
+    seen: dict[str, int] = {}
+    missing = 0
+    for run in study.runs:
+        if not run.environment:
+            missing += 1
+            continue
+        text = describe_environment(run.environment)
+        seen[text] = seen.get(text, 0) + 1
+    lines = [f"Environment ({n} run{'s' if n > 1 else ''}): {text}." for text, n in seen.items()]
+    if missing:
+        lines.append(f"{missing} run{'s' if missing > 1 else ''} recorded no environment.")
+    return lines + [""]
+
+
 def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: str, metric: str) -> list[str]:
     lines = [f"## {study.name}", ""]
+    lines += _environment_lines(study)
     m = study.manifest
     if m:
         commits = sorted({r.get("commit") for r in m["runs"] if r.get("commit")})

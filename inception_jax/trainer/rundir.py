@@ -4,21 +4,26 @@
 - `metrics.jsonl`: one JSON object per logged step (`step`, `train/*`, `eval/*`, `perf/*`).
 - `status.json`: written when the run ends: `status` ("finished", "interrupted" or "failed"), `step`,
   `total_steps`, `exit_code`, `error`, `commit` (`+dirty` when tracked files differ), `time`.
+- `environment.json`: written when the run starts: library versions, CPU, devices, XLA flags, commit.
 - `sweep.json`: in a sweep's directory, the manifest of its runs (`inception_jax.tools.sweep`).
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
+import sys
 import tempfile
 from typing import Any
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 STATUS_FILE = "status.json"
+ENVIRONMENT_FILE = "environment.json"
 MANIFEST_FILE = "sweep.json"
 FINISHED, INTERRUPTED, FAILED = "finished", "interrupted", "failed"
 
@@ -152,3 +157,69 @@ def commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty else "")
+
+
+# What a result depends on besides the config (issue 22: a reviewer must see it next to each result).
+RECORDED_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-datasets",
+    "numpy",
+)
+# CPU features that change which kernels XLA's CPU backend emits, and so its rounding and speed.
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """(model name, the CPU_FLAGS it has) from /proc/cpuinfo; platform's description elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return fields.get("model name", platform.machine()), [f for f in CPU_FLAGS if f in flags]
+
+
+def environment(devices=None) -> dict:
+    """Versions, CPU, devices, XLA/JAX settings and the commit: what `environment.json` records."""
+    import jax
+
+    devices = list(devices if devices is not None else jax.devices())
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    cpu, flags = _cpu()
+    return {
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cpu_count": os.cpu_count(),
+        "platform": devices[0].platform if devices else None,
+        "device_kind": devices[0].device_kind if devices else None,
+        "device_count": len(devices),
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("JAX_")},
+        "commit": commit(),
+        "time": now(),
+    }
+
+
+def write_environment(workdir: str, devices=None) -> None:
+    write_json(os.path.join(workdir, ENVIRONMENT_FILE), environment(devices))
+
+
+def read_environment(workdir: str) -> dict | None:
+    return read_json(os.path.join(workdir, ENVIRONMENT_FILE))

@@ -427,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             recorded = config.copy_and_resolve_references()
             recorded.dataset.label_names = list(info.label_names)
         metrics_lib.write_config(workdir, recorded)
+        rundir.write_environment(workdir, mesh.devices.flat)
 
     # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
     def batch_spec(batch_size: int, with_mask: bool):
