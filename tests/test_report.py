@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 
 from inception_jax.tools import report, sweep
@@ -118,7 +119,7 @@ def test_rows_hold_mean_and_spread_over_seeds(toy_sweep):
     assert rows[2]["errors"] == ["model.variant=C,seed=3: exit 1: error: loss is NaN or Inf at step 3"]
 
 
-def test_verdicts_use_welchs_t_test(toy_sweep):
+def test_verdicts_use_welchs_t_test_with_a_confidence_interval(toy_sweep):
     from scipy import stats
 
     directory, values = toy_sweep
@@ -128,13 +129,40 @@ def test_verdicts_use_welchs_t_test(toy_sweep):
     assert p < 0.05
     assert clear.startswith(
         "`model.variant=B` vs `model.variant=A`: eval/top1 61.0 ± 1.0 vs 82.0 ± 2.0 (3 and 3 seeds), "
-        "a difference of -21.0 points; larger than the seed-to-seed spread"
+        "a difference of -21.0 points (95% CI ["
     )
-    assert f"p = {p:.3f}" in clear
+    assert f"p = {p:.3f}" in clear and "significant after correction" in clear
+    # Welch's interval by hand: delta -/+ t(0.975, df) * sqrt(sa^2/na + sb^2/nb), df Welch-Satterthwaite.
+    sa2, sb2 = np.var(values["A"], ddof=1) / 3, np.var(values["B"], ddof=1) / 3
+    df = (sa2 + sb2) ** 2 / (sa2**2 / 2 + sb2**2 / 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(sa2 + sb2)
+    delta = np.mean(values["B"]) - np.mean(values["A"])
+    assert f"95% CI [{100 * (delta - half):+.1f}, {100 * (delta + half):+.1f}]" in clear
     close = report.compare(rows[0], rows[2])
-    assert "within the seed-to-seed spread" in close and "cannot tell the two apart" in close
+    assert "not significant after correction" in close and "cannot tell the two apart" in close
     lonely = dict(rows[1], values=[0.6], seeds=1)
     assert "no verdict: each setting needs at least 2 finished seeds" in report.compare(rows[0], lonely)
+
+
+def test_holm_adjusts_as_computed_by_hand():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06 (monotone)
+    assert report.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert report.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert report.holm([]) == []
+
+
+@pytest.mark.parametrize("seeds, expected", [(3, 7.68), (5, 5.06)])
+def test_minimum_detectable_difference_has_80_percent_power(seeds, expected):
+    """At sd 2.5 points: about 7.7 points with 3 seeds, 5.1 with 5; a simulated t-test at that difference
+    rejects in 80% of 20,000 trials."""
+    from scipy import stats
+
+    mdd = report.minimum_detectable_difference(2.5, seeds)
+    assert mdd == pytest.approx(expected, abs=0.01)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.0, 2.5, (20_000, seeds)), rng.normal(mdd, 2.5, (20_000, seeds))
+    power = np.mean(stats.ttest_ind(a, b, axis=1).pvalue < 0.05)
+    assert power == pytest.approx(0.80, abs=0.01)
 
 
 def test_welch_matches_the_welch_satterthwaite_formula():
@@ -158,11 +186,14 @@ def test_report_md_and_valid_pngs(toy_sweep, tmp_path_factory):
     assert report.main([str(directory), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert (
-        "| `model.variant=A` | 3/3 | 82.0 ± 2.0 | 100.0 ± 0.0 | 0.200 ± 0.100 | 1,000 | 0.5000 | 1500 | 30 | 0 |"
-        in text
+        "| `model.variant=A` | 3/3 | 82.0 ± 2.0 | 100.0 ± 0.0 | 80.0, 82.0, 84.0 | 0.200 ± 0.100 "
+        "| 1,000 | 0.5000 | 1500 | 30 | 0 |" in text
     )
     assert "| `model.variant=C` | 3/4 |" in text and "- model.variant=C,seed=3: exit 1: error: loss is NaN" in text
     assert "Runs started from commit `abc123`" in text
+    assert "| 80.0, 82.0, 84.0 |" in text  # per-seed values
+    assert "Holm's correction over all 2 tests of this report" in text
+    assert "Minimum detectable difference:" in text
     assert (
         "Environment (9 runs): Python 3.11.7, jax 0.10.2, flax 0.12.8; CPU AMD EPYC (avx2 fma; 2 cores); "
         "8 cpu device(s) in 1 process(es); XLA_FLAGS `--xla_force_host_platform_device_count=8`.\n"

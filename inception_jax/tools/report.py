@@ -15,7 +15,9 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+import scipy.optimize
 import scipy.stats
 
 from inception_jax.trainer import rundir
@@ -312,29 +314,101 @@ def _is_fraction(metric: str) -> bool:
     return metric.split("/")[-1].startswith("top")
 
 
-def compare(a: dict, b: dict) -> str:
-    """One sentence: is `b`'s mean different from `a`'s by more than the seed-to-seed spread?"""
+@dataclass
+class Comparison:
+    """Setting `b` against setting `a` on the per-seed final metric: Welch's t-test with the 95%
+    confidence interval of the difference `b - a`, and the p-value after Holm's correction over every
+    comparison of the report (`holm`)."""
+
+    a: dict
+    b: dict
+    delta: float | None = None  # mean(b) - mean(a), in the metric's units
+    ci: tuple[float, float] | None = None
+    t: float | None = None
+    df: float | None = None
+    p: float | None = None
+    p_holm: float | None = None
+    note: str | None = None  # why there is no test
+
+
+def comparison(a: dict, b: dict) -> Comparison:
+    va, vb = [v for v in a["values"] if not math.isnan(v)], [v for v in b["values"] if not math.isnan(v)]
+    if len(va) < 2 or len(vb) < 2:
+        return Comparison(a, b, note="no verdict: each setting needs at least 2 finished seeds")
+    delta = float(np.mean(vb) - np.mean(va))
+    if np.std(va) == 0 and np.std(vb) == 0:
+        note = "no seed-to-seed spread at all; " + ("identical" if delta == 0 else "the difference is exact")
+        return Comparison(a, b, delta=delta, note=note)
+    result = scipy.stats.ttest_ind(vb, va, equal_var=False)
+    ci = result.confidence_interval(1 - ALPHA)
+    return Comparison(
+        a, b, delta, (float(ci.low), float(ci.high)), float(result.statistic), float(result.df), float(result.pvalue)
+    )
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, "A simple sequentially rejective multiple test
+    procedure"): the k-th smallest p times (m - k + 1), made monotone, capped at 1. scipy offers only the
+    false-discovery-rate adjustments (`scipy.stats.false_discovery_control`)."""
+    m = len(pvalues)
+    order = np.argsort(pvalues, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * np.asarray(pvalues, float)[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return out.tolist()
+
+
+def correct(comparisons: list[Comparison]) -> None:
+    """Fills `p_holm` over the tested comparisons of the list (the report's family)."""
+    tested = [c for c in comparisons if c.p is not None]
+    for c, p in zip(tested, holm([c.p for c in tested]), strict=True):
+        c.p_holm = p
+
+
+def minimum_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8) -> float | None:
+    """The smallest true difference of means a two-sided two-sample t-test at `alpha` detects with
+    probability `power`, with `n` seeds per setting and a common standard deviation `sd` (from the
+    noncentral t distribution, as power tables for the t-test are computed)."""
+    if n < 2 or not sd or math.isnan(sd):
+        return None
+    df = 2 * n - 2
+    crit = scipy.stats.t.ppf(1 - alpha / 2, df)
+    se = sd * math.sqrt(2.0 / n)
+
+    def shortfall(delta):
+        nc = delta / se
+        tails = (scipy.stats.nct.sf(crit, df, nc), scipy.stats.nct.cdf(-crit, df, nc))
+        return float(np.nansum(tails)) - power  # the far tail underflows to NaN for large nc
+
+    return float(scipy.optimize.brentq(shortfall, 1e-9 * se, 20 * se))
+
+
+def describe(c: Comparison) -> str:
+    """One sentence: the two means, the difference with its 95% interval, and the verdict after Holm."""
+    a, b = c.a, c.b
     metric, pct = b["metric"], _is_fraction(b["metric"])
-    unit = " points" if pct else ""
+    scale, digits, unit = (100.0, 1, " points") if pct else (1.0, 3, "")
     head = (
         f"`{b['label']}` vs `{a['label']}`: {metric} {_fmt(b['metric_mean'], b['metric_std'], pct)} vs "
         f"{_fmt(a['metric_mean'], a['metric_std'], pct)} ({b['seeds']} and {a['seeds']} seeds)"
     )
-    va, vb = [v for v in a["values"] if not math.isnan(v)], [v for v in b["values"] if not math.isnan(v)]
-    if len(va) < 2 or len(vb) < 2:
-        return head + "; no verdict: each setting needs at least 2 finished seeds."
-    delta = (b["metric_mean"] - a["metric_mean"]) * (100.0 if pct else 1.0)
-    head += f", a difference of {delta:+.{1 if pct else 3}f}{unit}"
-    if a["metric_std"] == 0 and b["metric_std"] == 0:
-        verdict = "no seed-to-seed spread at all; " + ("identical." if delta == 0 else "the difference is real.")
-        return f"{head}; {verdict}"
-    t, df, p = welch(vb, va)
-    if p < ALPHA:
-        return f"{head}; larger than the seed-to-seed spread (Welch's t = {t:.2f}, df = {df:.1f}, p = {p:.3f})."
-    return (
-        f"{head}; within the seed-to-seed spread (Welch's t = {t:.2f}, df = {df:.1f}, p = {p:.2f}): "
-        "these seeds cannot tell the two apart."
-    )
+    if c.delta is not None:
+        head += f", a difference of {c.delta * scale:+.{digits}f}{unit}"
+    if c.p is None:
+        return f"{head}; {c.note}."
+    low, high = (v * scale for v in c.ci)
+    stats = f"95% CI [{low:+.{digits}f}, {high:+.{digits}f}], Welch's t = {c.t:.2f}, df = {c.df:.1f}, p = {c.p:.3f}"
+    adjusted = f"Holm-adjusted p = {c.p_holm:.3f}" if c.p_holm is not None else "not corrected"
+    if c.p_holm is not None and c.p_holm < ALPHA:
+        return f"{head} ({stats}); significant after correction ({adjusted})."
+    return f"{head} ({stats}); not significant after correction ({adjusted}): these seeds cannot tell the two apart."
+
+
+def compare(a: dict, b: dict) -> str:
+    """`describe` of one comparison on its own (a family of one: Holm changes nothing)."""
+    c = comparison(a, b)
+    correct([c])
+    return describe(c)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -459,7 +533,37 @@ def _environment_lines(study: StudyRuns) -> list[str]:
     return lines + [""]
 
 
-def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: str, metric: str) -> list[str]:
+def _detectable_lines(rows: list[dict], metric: str) -> list[str]:
+    """The minimum detectable difference at this study's seeds and pooled seed-to-seed spread."""
+    done = [r for r in rows if r["seeds"] >= 2 and r["metric_std"] is not None]
+    if not done:
+        return []
+    pct = _is_fraction(metric)
+    scale, digits, unit = (100.0, 1, " points") if pct else (1.0, 3, "")
+    seeds = min(r["seeds"] for r in done)
+    pooled = math.sqrt(sum((r["seeds"] - 1) * r["metric_std"] ** 2 for r in done) / sum(r["seeds"] - 1 for r in done))
+    mdd = minimum_detectable_difference(pooled, seeds)
+    if mdd is None:
+        return []
+    return [
+        (
+            f"Minimum detectable difference: {mdd * scale:.{digits}f}{unit} of {metric} (80% power, two-sided "
+            f"alpha {ALPHA} before correction, {seeds} seeds per setting, pooled seed-to-seed standard deviation "
+            f"{pooled * scale:.{digits}f}{unit}); smaller true differences would mostly go unseen."
+        ),
+        "",
+    ]
+
+
+def _study_section(
+    study: StudyRuns,
+    rows: list[dict],
+    comparisons: list[Comparison],
+    family: int,
+    images: list[str],
+    out: str,
+    metric: str,
+) -> list[str]:
     lines = [f"## {study.name}", ""]
     lines += _environment_lines(study)
     m = study.manifest
@@ -489,7 +593,7 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
     header = (
         ["setting", "seeds", "top-1 %", "top-5 %"]
         + ([metric] if extra else [])
-        + ["train loss", "params", "GMACs", "img/s", "wall s", "failed"]
+        + [f"{metric} per seed", "train loss", "params", "GMACs", "img/s", "wall s", "failed"]
     )
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for r in rows:
@@ -501,6 +605,7 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
         ]
         if extra:
             cells.append(_fmt(r["metric_mean"], r["metric_std"], pct))
+        cells.append(", ".join(_fmt(v, None, pct) for v in r["values"]) or "-")
         cells += [
             _fmt(r["train_loss_mean"], r["train_loss_std"], False),
             f"{r['params']:,}" if r["params"] is not None else "-",
@@ -519,10 +624,18 @@ def _study_section(study: StudyRuns, rows: list[dict], images: list[str], out: s
         ),
         "",
     ]
-    pairs = _pairs(study, rows)
-    if pairs:
-        lines += [f"Comparisons (Welch's t-test on the per-seed final {metric}, two-sided, p < {ALPHA}):", ""]
-        lines += [f"- {compare(a, b)}" for a, b in pairs] + [""]
+    lines += _detectable_lines(rows, metric)
+    if comparisons:
+        lines += [
+            (
+                f"Comparisons: Welch's t-test on the per-seed final {metric}, two-sided, with the 95% "
+                f"confidence interval of the difference; significant when the p-value after Holm's "
+                f"correction over all {family} tests of this report is below {ALPHA}. Runs shared between "
+                "studies make their tests dependent; Holm's correction holds regardless."
+            ),
+            "",
+        ]
+        lines += [f"- {describe(c)}" for c in comparisons] + [""]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         lines += ["Failed runs:", ""] + [f"- {e}" for e in errors] + [""]
@@ -544,9 +657,15 @@ def write_report(path: str, out: str | None = None, metric: str = "eval/top1") -
         ),
         "",
     ]
+    tables = []
     for study in studies:
         rows = rows_of(study, metric)
-        lines += _study_section(study, rows, plot(study, rows, out, metric), out, metric)
+        tables.append((study, rows, [comparison(a, b) for a, b in _pairs(study, rows)]))
+    family = [c for _, _, comparisons in tables for c in comparisons]
+    correct(family)
+    tested = sum(c.p is not None for c in family)
+    for study, rows, comparisons in tables:
+        lines += _study_section(study, rows, comparisons, tested, plot(study, rows, out, metric), out, metric)
     target = os.path.join(out, "report.md")
     with open(target, "w") as f:
         f.write("\n".join(lines))
