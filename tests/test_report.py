@@ -52,7 +52,7 @@ def _run(directory, name, overrides, top1s, *, loss=1.0, total=TOTAL, config=Non
     return workdir
 
 
-def _manifest(directory, runs, compare_within=()):
+def _manifest(directory, runs, compare_within=(), baseline=None):
     entries = []
     for i, (overrides, status, extra) in enumerate(runs):
         name = sweep.run_name(overrides)
@@ -80,6 +80,7 @@ def _manifest(directory, runs, compare_within=()):
         "flags": {},
         "command": "inception-sweep toy.py --workdir x",
         "compare_within": list(compare_within),
+        "baseline": baseline or {},
         "runs": entries,
     }
     (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
@@ -267,3 +268,18 @@ def test_a_directory_without_runs_is_one_error_line(tmp_path, capsys):
     assert report.main([str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "report.md")
+
+
+def test_a_baseline_is_compared_with_every_other_setting(toy_sweep):
+    directory, _ = toy_sweep
+    manifest = json.loads((directory / sweep.MANIFEST).read_text())
+    manifest["baseline"] = {"model.variant": "C"}
+    (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
+    study = report.load_studies(str(directory))[0]
+    rows = report.rows_of(study)
+    pairs = [(a["label"], b["label"]) for a, b in report._pairs(study, rows)]
+    assert pairs == [("model.variant=C", "model.variant=A"), ("model.variant=C", "model.variant=B")]
+    manifest["baseline"] = {"model.variant": "D"}
+    (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="matches 0 settings"):
+        report._pairs(report.load_studies(str(directory))[0], rows)

@@ -460,3 +460,19 @@ def test_a_real_sweep_end_to_end(real_sweep, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as patch:
         _check_a_rerun_of_a_finished_sweep_starts_nothing(real_sweep, patch)
     _check_another_flag_or_a_running_sweep_is_refused(real_sweep, capsys)
+
+
+def test_every_committed_study_loads_and_the_variants_study_is_the_family():
+    from inception_jax.models import registry
+
+    directory = os.path.join(REPO, "experiments")
+    studies = sorted(f for f in os.listdir(directory) if f.endswith(".py") and f != "regimes.py")
+    for name in studies:
+        study = sweep.load_study(os.path.join(directory, name))
+        assert study.generators, name
+        for generator in study.generators:
+            assert sweep.expand(study, [generator]), (name, generator)
+    variants = sweep.load_study(os.path.join(directory, "variants.py"))
+    names = {overrides["model.name"] for overrides in sweep.expand(variants, [""])}
+    assert names == set(registry.list_models(registry.FAMILY)) and "fid_inception_v3" not in names
+    assert variants.baseline == {"model.name": "googlenet"}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Dtype, PaddingMode
-from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+from inception_jax.models.registry import FAMILY, INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # Stride-1 modules: 1x1, (3x3 reduce, 3x3), (double-3x3 reduce, double 3x3), pool, pool projection.
 INCEPTION_BLOCKS = {
@@ -269,6 +269,7 @@ class BNInception(nn.Module):
 
 @register_model(
     "bn_inception",
+    tags=(FAMILY,),
     data=DataConfig(
         input_size=224,
         min_input_size=_MIN_INPUT_SIZE,

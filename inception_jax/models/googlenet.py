@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Dtype, PaddingMode
-from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+from inception_jax.models.registry import FAMILY, INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj), paper Table 1 = torchvision.
 INCEPTION_BLOCKS = {
@@ -223,6 +223,7 @@ def torchvision_fixup(state: dict) -> dict:
 
 @register_model(
     "googlenet",
+    tags=(FAMILY,),
     data=DataConfig(
         input_size=224,
         min_input_size=_MIN_INPUT_SIZE,

@@ -26,7 +26,7 @@ from inception_jax.models.inception_v4 import (
     nxn_pair,
 )
 from inception_jax.models.layers import Dtype, PaddingMode
-from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+from inception_jax.models.registry import FAMILY, INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 RESIDUAL_SCALES = (0.17, 0.10, 0.20)  # TF-slim / timm / Keras (REFERENCES.md §2.4; v4 paper section 3.3)
 
@@ -364,6 +364,7 @@ _DATA = dict(
 
 @register_model(
     "inception_resnet_v2",
+    tags=(FAMILY,),
     data=DataConfig(crop_pct=0.8975, **_DATA),  # timm's default cfg
     description="Inception-ResNet-v2 (timm inception_resnet_v2, the TF-slim port)",
     torch_reference="timm inception_resnet_v2",
@@ -374,6 +375,7 @@ def inception_resnet_v2(**overrides) -> InceptionResNetV2:
 
 @register_model(
     "inception_resnet_v1",
+    tags=(FAMILY,),
     data=DataConfig(crop_pct=0.875, **_DATA),  # TF-slim's eval central crop; no released weights
     description="Inception-ResNet-v1 (the v4 paper's configuration; no reference weights)",
 )

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from inception_jax.models import layers
 from inception_jax.models.layers import Dtype, PaddingMode
-from inception_jax.models.registry import DataConfig, register_model
+from inception_jax.models.registry import FAMILY, DataConfig, register_model
 
 MIN_INPUT_SIZE = 75  # below it Mixed_7a has no output (REFERENCES.md §3.5); 74 fails in timm too
 AUX_MIN_GRID = 17  # Mixed_6e side where the reference aux head's 5x5/3 pool yields the 5x5 conv1 needs
@@ -321,6 +321,7 @@ class InceptionV2(InceptionV3):
 
 @register_model(
     "inception_v3",
+    tags=(FAMILY,),
     data=DataConfig(),
     description="Inception-v3 (Rethinking, 2015), timm/torchvision layout; 23.8M params (27.2M with aux)",
     torch_reference="timm inception_v3 (= torchvision inception_v3)",
@@ -331,6 +332,7 @@ def inception_v3(**overrides) -> InceptionV3:
 
 @register_model(
     "inception_v2",
+    tags=(FAMILY,),
     data=DataConfig(),
     description="Rethinking's intermediate Inception-v2: v3 with an unfactorised 7x7 stem and no BN-auxiliary",
 )

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from inception_jax.models import layers, stacking
 from inception_jax.models.layers import Dtype, PaddingMode
-from inception_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
+from inception_jax.models.registry import FAMILY, INCEPTION_MEAN, INCEPTION_STD, DataConfig, register_model
 
 MIN_INPUT_SIZE = 75  # 74 leaves Reduction-B's 3x3/2 VALID ops an empty map (REFERENCES.md §3.5).
 
@@ -363,6 +363,7 @@ class InceptionV4(nn.Module):
 
 @register_model(
     "inception_v4",
+    tags=(FAMILY,),
     data=DataConfig(
         input_size=299,
         min_input_size=MIN_INPUT_SIZE,

@@ -44,7 +44,12 @@ class ModelEntry:
     # Hook for the converter: fn(flat_torch_state: dict[str, ndarray]) -> dict, for layout quirks a
     # generic name mapping cannot express (GoogLeNet's aux fc1 flatten order).
     torch_fixup: Callable[[dict], dict] | None = None
+    tags: tuple[str, ...] = ()
 
+
+# The seven networks of the papers (GoogLeNet, BN-Inception, Inception-v2/v3/v4, Inception-ResNet-v1/v2):
+# what a study of "the family" sweeps. Other entries (the FID network) do not carry the tag.
+FAMILY = "family"
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
@@ -56,20 +61,22 @@ def register_model(
     description: str = "",
     torch_reference: str | None = None,
     torch_fixup: Callable[[dict], dict] | None = None,
+    tags: tuple[str, ...] = (),
 ):
     """Decorator for a function `(**overrides) -> nn.Module` that builds the variant."""
 
     def wrap(fn):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, fn, data, description, torch_reference, torch_fixup)
+        _REGISTRY[name] = ModelEntry(name, fn, data, description, torch_reference, torch_fixup, tuple(tags))
         return fn
 
     return wrap
 
 
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+def list_models(tag: str | None = None) -> list[str]:
+    """Registered names, sorted; with `tag`, only the entries carrying it (e.g. `FAMILY`)."""
+    return sorted(n for n, e in _REGISTRY.items() if tag is None or tag in e.tags)
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -68,6 +68,7 @@ class StudyRuns:
     manifest: dict | None = None
     compare_within: tuple = ()
     settings: list[dict] = field(default_factory=list)  # in study order
+    baseline: dict = field(default_factory=dict)  # the study's BASELINE: compared with every other setting
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,6 +123,7 @@ def _load_sweep(directory: str) -> StudyRuns:
         manifest,
         tuple(manifest.get("compare_within", ())),
         _settings_in_order(runs),
+        dict(manifest.get("baseline") or {}),
     )
 
 
@@ -285,9 +287,15 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
 
 
 def _pairs(study: StudyRuns, rows: list[dict]) -> list[tuple[dict, dict]]:
-    """Which settings to compare: each with the earliest earlier setting of its group that differs from it
-    in the fewest keys (a one-factor study compares every level with the first; a factorial one,
-    each change of one factor). Groups share the values of the study's COMPARE_WITHIN keys."""
+    """Which settings to compare: with a BASELINE, every other setting with it; else each with the
+    earliest earlier setting of its group that differs from it in the fewest keys (a one-factor study
+    compares every level with the first; a factorial one, each change of one factor). Groups share the
+    values of the study's COMPARE_WITHIN keys."""
+    if study.baseline:
+        base = [r for r in rows if all(r["overrides"].get(k) == v for k, v in study.baseline.items())]
+        if len(base) != 1:
+            raise ValueError(f"{study.name}: BASELINE {study.baseline} matches {len(base)} settings; it must name one")
+        return [(base[0], r) for r in rows if r is not base[0]]
     group = lambda s: json.dumps([s.get(k) for k in study.compare_within], default=str)
     pairs = []
     for j, b in enumerate(rows):

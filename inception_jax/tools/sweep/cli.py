@@ -98,7 +98,11 @@ def _main(args, rest: list[str], argv: list[str], out) -> int:
     else:
         manifest = new_manifest(study, sweeps, extras, ["inception-sweep", *argv])
     manifest.update(
-        root=study.root, python=sys.executable, study_file=study.path, compare_within=list(study.compare_within)
+        root=study.root,
+        python=sys.executable,
+        study_file=study.path,
+        compare_within=list(study.compare_within),
+        baseline=study.baseline,
     )
     merge_runs(manifest, runs, sweep_dir)
     if args.retry_failed:

@@ -37,6 +37,7 @@ def new_manifest(study: Study, sweeps: list[str], extras: dict[str, str], comman
         **identity(study, sweeps, extras),
         "study_file": study.path,
         "compare_within": list(study.compare_within),
+        "baseline": study.baseline,
         "command": shlex.join(command),
         "root": study.root,
         "python": sys.executable,

@@ -33,6 +33,7 @@ class Study:
     root: str  # the directory the base config path is relative to; runs start there
     overrides: dict
     compare_within: tuple
+    baseline: dict  # BASELINE: the setting every other is compared with ({}: the report chooses pairs)
     generators: dict  # sweep name -> generator function
     doc: str = ""
 
@@ -59,6 +60,10 @@ def load_study(path: str) -> Study:
         generators[""] = module.sweep
     overrides = dict(getattr(module, "OVERRIDES", {}))
     _check_keys(overrides, f"{path}: OVERRIDES")
+    baseline = getattr(module, "BASELINE", {})
+    if not isinstance(baseline, dict):
+        raise SweepError(f'{path}: BASELINE must be a dict of overrides naming one setting, e.g. {{"model.name": "x"}}')
+    _check_keys(baseline, f"{path}: BASELINE")
     return Study(
         os.path.abspath(path),
         name,
@@ -66,6 +71,7 @@ def load_study(path: str) -> Study:
         _config_root(path, base),
         overrides,
         tuple(getattr(module, "COMPARE_WITHIN", ())),
+        dict(baseline),
         generators,
         (module.__doc__ or "").strip(),
     )
