@@ -24,6 +24,22 @@ MODELS = (
     "inception_resnet_v2",
 )
 BASELINE = {"model.name": "googlenet"}
+# The papers' single-crop ImageNet top-1 accuracy, 100 - the top-1 error (REFERENCES.md §1.1): GoogLeNet
+# and Inception-v2/v3 from Rethinking Table 3, BN-Inception from the BN paper section 4.2, v4 and both
+# Inception-ResNets from the v4 paper's single-crop table. The report ranks the study against them.
+RANK_AGAINST = {
+    "key": "model.name",
+    "values": {
+        "googlenet": 71.0,
+        "bn_inception": 74.8,
+        "inception_v2": 76.6,
+        "inception_v3": 78.8,
+        "inception_v4": 80.0,
+        "inception_resnet_v1": 78.7,
+        "inception_resnet_v2": 80.1,
+    },
+    "source": "the papers' ImageNet single-crop top-1",
+}
 
 
 def sweep():

@@ -283,3 +283,30 @@ def test_a_baseline_is_compared_with_every_other_setting(toy_sweep):
     (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="matches 0 settings"):
         report._pairs(report.load_studies(str(directory))[0], rows)
+
+
+def test_the_same_runs_give_the_same_report_byte_for_byte(toy_sweep, tmp_path_factory):
+    directory, _ = toy_sweep
+    outs = [tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")]
+    for out in outs:
+        assert report.main([str(directory), "--out", str(out)]) == 0
+    names = sorted(os.listdir(outs[0]))
+    assert names == sorted(os.listdir(outs[1])) and "report.md" in names and len(names) == 3
+    for name in names:
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    assert b"matplotlib" not in (outs[0] / "toy_curves.png").read_bytes()
+
+
+def test_a_ranking_is_judged_by_spearmans_rho_against_the_reference(toy_sweep):
+    from scipy import stats
+
+    directory, values = toy_sweep
+    manifest = json.loads((directory / sweep.MANIFEST).read_text())
+    manifest["rank_against"] = {"key": "model.variant", "values": {"A": 3.0, "B": 1.0, "C": 2.0}, "source": "toy"}
+    (directory / sweep.MANIFEST).write_text(json.dumps(manifest))
+    study = report.load_studies(str(directory))[0]
+    (line, _) = report._rank_lines(study, report.rows_of(study), "eval/top1")
+    means = [np.mean(values[k]) for k in "ABC"]  # A 0.82, B 0.61, C 0.82: ranks 2.5, 1, 2.5 vs 3, 1, 2
+    rho = stats.spearmanr(means, [3.0, 1.0, 2.0]).statistic
+    assert line.startswith(f"Rank against toy: Spearman's rho = {rho:+.2f} over 3 settings")
+    assert "no evidence" in line  # three settings can never reach p < 0.05

@@ -476,3 +476,4 @@ def test_every_committed_study_loads_and_the_variants_study_is_the_family():
     names = {overrides["model.name"] for overrides in sweep.expand(variants, [""])}
     assert names == set(registry.list_models(registry.FAMILY)) and "fid_inception_v3" not in names
     assert variants.baseline == {"model.name": "googlenet"}
+    assert set(variants.rank_against["values"]) == names

@@ -25,6 +25,8 @@ from inception_jax.trainer.config import flag_value
 from inception_jax.trainer.rundir import CONFIG_FILE, MANIFEST_FILE
 
 ALPHA = 0.05  # two-sided significance level of the comparisons
+# No "Software" version in the PNGs, so the same runs give the same bytes whatever matplotlib made them.
+PNG_METADATA = {"Software": None}
 
 
 @dataclass
@@ -69,6 +71,7 @@ class StudyRuns:
     compare_within: tuple = ()
     settings: list[dict] = field(default_factory=list)  # in study order
     baseline: dict = field(default_factory=dict)  # the study's BASELINE: compared with every other setting
+    rank_against: dict = field(default_factory=dict)  # the study's RANK_AGAINST: reference numbers per setting
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,6 +127,7 @@ def _load_sweep(directory: str) -> StudyRuns:
         tuple(manifest.get("compare_within", ())),
         _settings_in_order(runs),
         dict(manifest.get("baseline") or {}),
+        dict(manifest.get("rank_against") or {}),
     )
 
 
@@ -486,7 +490,7 @@ def plot(study: StudyRuns, rows: list[dict], out: str, metric: str) -> list[str]
         axes[1].set_yscale("log")  # early losses can be orders of magnitude above the late ones
     _legend_below(fig, axes[0], 4.5)
     paths.append(os.path.join(out, f"{_safe(study.name)}_curves.png"))
-    fig.savefig(paths[-1], dpi=110)
+    fig.savefig(paths[-1], dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
 
     points = [r for r in rows if r["gmacs"] and r["metric_mean"] is not None]
@@ -504,7 +508,7 @@ def plot(study: StudyRuns, rows: list[dict], out: str, metric: str) -> list[str]
         ax.grid(alpha=0.3)
         _legend_below(fig, ax, 4.5)
         paths.append(os.path.join(out, f"{_safe(study.name)}_gmacs.png"))
-        fig.savefig(paths[-1], dpi=110)
+        fig.savefig(paths[-1], dpi=110, metadata=PNG_METADATA)
         plt.close(fig)
     return paths
 
@@ -558,6 +562,34 @@ def _detectable_lines(rows: list[dict], metric: str) -> list[str]:
             f"Minimum detectable difference: {mdd * scale:.{digits}f}{unit} of {metric} (80% power, two-sided "
             f"alpha {ALPHA} before correction, {seeds} seeds per setting, pooled seed-to-seed standard deviation "
             f"{pooled * scale:.{digits}f}{unit}); smaller true differences would mostly go unseen."
+        ),
+        "",
+    ]
+
+
+def _rank_lines(study: StudyRuns, rows: list[dict], metric: str) -> list[str]:
+    """Spearman's rank correlation of the settings' mean final metric with the study's RANK_AGAINST
+    reference numbers: the only basis on which the report lets a study claim a ranking."""
+    ref = study.rank_against
+    if not ref:
+        return []
+    pairs = [
+        (r["metric_mean"], ref["values"][str(r["overrides"].get(ref["key"]))])
+        for r in rows
+        if r["metric_mean"] is not None and str(r["overrides"].get(ref["key"])) in ref["values"]
+    ]
+    if len(pairs) < 3:
+        return [f"Rank against {ref['source']}: too few settings with both numbers ({len(pairs)}).", ""]
+    result = scipy.stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+    verdict = (
+        "the ranks agree beyond chance"
+        if result.pvalue < ALPHA and result.statistic > 0
+        else "no evidence that this study ranks the settings as the reference does"
+    )
+    return [
+        (
+            f"Rank against {ref['source']}: Spearman's rho = {result.statistic:+.2f} over {len(pairs)} settings "
+            f"(two-sided p = {result.pvalue:.3f}): {verdict}."
         ),
         "",
     ]
@@ -633,6 +665,7 @@ def _study_section(
         "",
     ]
     lines += _detectable_lines(rows, metric)
+    lines += _rank_lines(study, rows, metric)
     if comparisons:
         lines += [
             (

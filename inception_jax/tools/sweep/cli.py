@@ -103,6 +103,7 @@ def _main(args, rest: list[str], argv: list[str], out) -> int:
         study_file=study.path,
         compare_within=list(study.compare_within),
         baseline=study.baseline,
+        rank_against=study.rank_against,
     )
     merge_runs(manifest, runs, sweep_dir)
     if args.retry_failed:

@@ -38,6 +38,7 @@ def new_manifest(study: Study, sweeps: list[str], extras: dict[str, str], comman
         "study_file": study.path,
         "compare_within": list(study.compare_within),
         "baseline": study.baseline,
+        "rank_against": study.rank_against,
         "command": shlex.join(command),
         "root": study.root,
         "python": sys.executable,

@@ -34,6 +34,7 @@ class Study:
     overrides: dict
     compare_within: tuple
     baseline: dict  # BASELINE: the setting every other is compared with ({}: the report chooses pairs)
+    rank_against: dict  # RANK_AGAINST: {"key", "values": {value of key: reference number}, "source"}
     generators: dict  # sweep name -> generator function
     doc: str = ""
 
@@ -64,6 +65,9 @@ def load_study(path: str) -> Study:
     if not isinstance(baseline, dict):
         raise SweepError(f'{path}: BASELINE must be a dict of overrides naming one setting, e.g. {{"model.name": "x"}}')
     _check_keys(baseline, f"{path}: BASELINE")
+    rank_against = getattr(module, "RANK_AGAINST", {})
+    if rank_against and not (isinstance(rank_against, dict) and {"key", "values", "source"} <= set(rank_against)):
+        raise SweepError(f'{path}: RANK_AGAINST must be {{"key": ..., "values": {{...}}, "source": "..."}}')
     return Study(
         os.path.abspath(path),
         name,
@@ -72,6 +76,7 @@ def load_study(path: str) -> Study:
         overrides,
         tuple(getattr(module, "COMPARE_WITHIN", ())),
         dict(baseline),
+        dict(rank_against),
         generators,
         (module.__doc__ or "").strip(),
     )
