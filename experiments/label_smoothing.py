@@ -1,9 +1,8 @@
 """Label smoothing 0 vs 0.1 on the same GoogLeNet and budget.
 
-Claim (Szegedy et al. 2015, "Rethinking the Inception Architecture", section 7): label-smoothing
-regularisation with epsilon 0.1 improves ImageNet top-1 and top-5 error by about 0.2% absolute
-(Table 3, Inception-v2 row "+ Label Smoothing"). A 0.2-point effect is far below what a few seeds on
-297 test images can resolve; the study says whether anything larger shows at this scale.
+Claim (Rethinking, section 7 and Table 3): epsilon 0.1 improves ImageNet top-1 and top-5 by about
+0.2% absolute, far below what a few seeds on 297 test images resolve; the study says whether anything
+larger shows at this scale.
 
   inception-sweep experiments/label_smoothing.py --workdir runs/label_smoothing --parallel 2
   inception-report runs/label_smoothing --out experiments/results/label_smoothing

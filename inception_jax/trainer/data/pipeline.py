@@ -1,58 +1,10 @@
-"""The per-process tf.data input pipeline: TFDS -> augment -> numpy batches. TensorFlow stays in here.
+"""The per-process tf.data input pipeline: TFDS or an image folder -> augment -> numpy batches.
 
-The trainer sees only numpy: `make_train_iterator` and `make_eval_iterator` yield dicts of arrays,
-`{"image": uint8 (B, H, W, 3), "label": int32 (B,)}`, plus `"mask": bool (B,)` for eval, where `B`
-is the number of global-batch rows this process feeds (`rows`, from `parallel.process_rows`). Images
-stay uint8 (augmented, resized, rounded) until the devices normalise them (`train.normalise_images`).
-Importing this module hides GPUs from TensorFlow, so tf.data never takes accelerator memory from JAX.
-
-**The global batch does not depend on the number of processes.** Examples are read by index from
-TFDS's random-access source (`builder.as_data_source`, the array_record file format): epoch `e` is a
-permutation of the whole split drawn from `(config.seed, e)`, global batch `k` is positions
-`[k * batch_size, (k + 1) * batch_size)` of the concatenated epochs, and each process reads only the
-rows of it that its devices hold. One process with 8 devices and 2 processes with 4 devices each
-therefore train on the same examples in the same order, a run can resume on another cluster size, and
-resuming at `start_step` costs nothing (positions are computed, not skipped). Each example's
-augmentation is seeded from `(config.seed, e, its index)`, so it too depends on nothing else.
-Evaluation reads global batch `k` of the split in order; positions past its end are padding rows
-(zero image, label 0, mask False), so every process yields `ceil(N / eval_batch_size)` batches and
-each example is counted once. With `config.dataset.cache`, the split's encoded records are read once
-and kept in memory.
-
-Datasets stored only as tfrecord (TFDS's default) have no random access. They still train: each
-process then reads its own shard of the split (`tfds.even_splits`) through a shuffle buffer seeded from
-`(config.seed, e)`, which makes the batches depend on the process count (a warning says so).
-Convert such a dataset once to get the global order:
-`tfds convert_format --dataset_version_dir=DATA/NAME/VERSION --out_file_format=array_record`.
-
-**Image folders**: `config.dataset.name = "folder:/path/to/dir"` reads a folder of class subfolders
-(`inception_jax.trainer.data.folder`), scanned and checked when first named, then read by index like a
-random-access TFDS split: the same global order, sharding and resume.
-
-The program never downloads. A dataset must already be prepared in `config.dataset.data_dir` (None:
-the TFDS default, `~/tensorflow_datasets` or `$TFDS_DATA_DIR`); otherwise `dataset_info` and the
-iterators fail at once with the command that prepares it. The one exception is `digits` (the built-in
-scikit-learn digits builder, `inception_jax.trainer.data.digits`), which is built offline on first use.
-
-Preparing the usual datasets (run once, on a machine with network; then copy the data dir if needed;
-`--file_format=array_record` gives the random access described above):
-
-- `imagenet2012` (ILSVRC-2012, 1000 classes; 1,281,167 train / 50,000 validation). Manual download:
-  register at https://image-net.org, put `ILSVRC2012_img_train.tar` and `ILSVRC2012_img_val.tar` in a
-  folder, then `tfds build imagenet2012 --file_format=array_record --data_dir=DATA --manual_dir=FOLDER`
-  (hours; about 150 GB). Config: `train_split="train"`, `eval_split="validation"` (the `test` split has
-  no labels), `image_size=299`, `crop_pct=0.875`, `mean=std=(0.5, 0.5, 0.5)` for the Inception [-1, 1]
-  input range. Labels are 0..999; TF-slim checkpoints are 1001-way with a background class at 0.
-- `imagenette` (10 easy ImageNet classes, about 9.5k train / 3.9k validation):
-  `tfds build imagenette/320px-v2 --file_format=array_record --data_dir=DATA` (also `160px-v2`,
-  `full-size-v2`); `name="imagenette/320px-v2"`, `train_split="train"`, `eval_split="validation"`.
-- `cifar10` / `cifar100` (32x32, 50k train / 10k test): `tfds build cifar10 --file_format=array_record
-  --data_dir=DATA`; `eval_split="test"`. The pipeline upsamples to `image_size` (at least 75 for
-  Inception-v3/v4 and IR-v2); `crop_pct=1.0` evaluates on the whole image, and
-  `train_augment="resize_flip"` suits such small images better than an 8%-area crop.
-- `tf_flowers` (3,670 photos, 5 classes) has only a `train` split: `tfds build tf_flowers
-  --file_format=array_record`, then `train_split="train[:90%]"`, `eval_split="train[90%:]"`.
-Any TFDS split string works (`"train[:10%]"`, `"train+validation"`).
+`make_train_iterator` / `make_eval_iterator` yield this process's rows of each global batch as uint8
+images (normalised later, on the devices) and int32 labels, plus a mask for eval padding. Examples are
+read by index in a global order drawn from the seed, so batches do not depend on the process count and
+resuming is free (docs/training.md, "Data order"). Nothing is downloaded: preparing datasets is in
+docs/training.md, "Preparing datasets". TensorFlow stays in this package; GPUs are hidden from it.
 """
 
 from __future__ import annotations
