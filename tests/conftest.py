@@ -35,7 +35,6 @@ HEAVY = (
     "tests/test_inception_v4.py::test_aux_head_runs_in_train_mode_and_at_the_minimum_size",
     "tests/test_inception_resnet.py::test_float64_logits_and_stages_match_timm[299",
     "tests/test_models_common.py::test_remat_computes_the_same_loss_and_gradients",
-    "tests/test_models_common.py::test_depths_add_or_drop_whole_blocks[inception_resnet_v2]",
     "tests/test_googlenet.py::test_eval_logits_match_torchvision[224]",
     "tests/test_googlenet.py::test_init_outputs_and_dropout",
     "tests/test_googlenet.py::test_train_mode_aux_heads_match_torchvision[auto]",
@@ -54,6 +53,25 @@ HEAVY = (
     "tests/test_train.py::test_the_loop_dispatches_steps_without_waiting_for_them",
     "tests/test_evaluate.py::test_every_example_once_and_the_numbers_of_a_direct_computation[1001",
     "tests/test_predict.py::test_module_entry_point",
+    # 7-30 s each in the quick tier's own timings: the second size or form of a family's parity test,
+    # the largest variants' contract checks, and the paper-switch structure tests.
+    "tests/test_inception_resnet.py::test_float64_logits_and_stages_match_timm[107-auto]",
+    "tests/test_inception_resnet.py::test_float32_with_other_residual_scales_matches_timm",
+    "tests/test_inception_resnet.py::test_ir1_residual_scales_change_the_output",
+    "tests/test_inception_resnet.py::test_ir2_aux_head_in_train_mode",
+    "tests/test_models_common.py::test_call_contract[inception_resnet_v2]",
+    "tests/test_models_common.py::test_call_contract[inception_v4]",
+    "tests/test_models_common.py::test_report_prints_every_variant_as_json",
+    "tests/test_models_common.py::test_avg_pool_semantics_is_a_switch_on_every_padded_pool_family[inception_resnet_v2]",
+    "tests/test_models_common.py::test_depths_add_or_drop_whole_blocks",
+    "tests/test_models_common.py::test_parameter_counts_and_gmacs_match_the_references[inception_resnet_v2]",
+    "tests/test_googlenet.py::test_naive_modules_explode_the_width",
+    "tests/test_googlenet.py::test_tf_padding_is_same_everywhere",
+    "tests/test_googlenet.py::test_train_mode_aux_heads_match_torchvision[xla]",
+    "tests/test_inception_v3.py::test_inception_v2_runs_at_299",
+    "tests/test_bn_inception.py::test_minimum_input_size",
+    "tests/test_bn_inception.py::test_same_padding_everywhere",
+    "tests/test_convert_keras.py::test_include_top_false_gives_the_pooled_features",
 )
 
 
