@@ -16,7 +16,6 @@ the cluster.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -169,55 +168,18 @@ def _assert_same_run(a, b, *, rtol=RTOL):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * max(1.0, float(np.abs(x).max())))
 
 
-@pytest.fixture(scope="module")
-def global_runs(digits_dir, tmp_path_factory):
-    """One process with 8 devices and a pair with 4 each, global BatchNorm, float64."""
-    root = tmp_path_factory.mktemp("global")
-    one, two = root / "one", root / "two"
-    _run(_flags(one, digits_dir))
-    results = _run(_flags(two, digits_dir), processes=2)
-    return {"one": one, "two": two, "two_outputs": [out for _, out in results], "data_dir": digits_dir}
-
-
-def _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs):
-    _assert_same_run(global_runs["one"], global_runs["two"])
-    out0, out1 = global_runs["two_outputs"]
-    assert "joined: process 0 of 2, 4 local of 8 devices" in out0
-    assert "joined: process 1 of 2, 4 local of 8 devices" in out1
-    assert "global batch 16 (2 per device" in out0 and "global order" in out0
-    assert "final eval at step" in out0 and "final eval" not in out1  # only process 0 reports
-    files = ["checkpoints", "config.json", "environment.json", "metrics.jsonl", "status.json", "tensorboard"]
-    assert sorted(os.listdir(global_runs["two"])) == files
-    env = rundir.read_environment(global_runs["two"])
-    assert (env["process_count"], env["device_count"], env["platform"]) == (2, 8, "cpu")
-    status = rundir.read_status(global_runs["two"])
-    assert (status["status"], status["step"], status["exit_code"]) == (rundir.FINISHED, STEPS, 0), status
-
-
-def _check_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path):
-    work = tmp_path / "w"
-    shutil.copytree(global_runs["two"], work)
-    ((status, out),) = _finish(_start(_flags(work, global_runs["data_dir"], steps=STEPS + 2), devices=1))
-    assert status == 0, out[-3000:]
-    assert "1 process(es), 1 device(s)" in out
-    assert [r["step"] for r in _train_records(work)] == list(range(1, STEPS + 3))
-    assert ckpt_lib.Checkpointer(str(work)).latest_step() == STEPS + 2
-
-
-def _per_device_flags(workdir, data_dir, **kw):
-    # 8 examples per device: BatchNorm over 2 examples per device (batch 16) is too unstable to compare
-    # anything (gradient norms in the thousands, rounding amplified a thousandfold per step).
-    return _flags(workdir, data_dir, bn="per_device", batch=64, **kw) + ["--config.schedule.base_learning_rate=0.01"]
-
-
 @pytest.mark.slow
-def test_a_per_device_batchnorm_pair_survives_sigterm_to_one_process_and_equals_one_process(digits_dir, tmp_path):
-    """SIGTERM to process 1 only: both save the same step and exit 0. The newest checkpoint is then
-    garbled; the resumed pair skips it on both processes alike and ends where one process with 8
-    devices ends uninterrupted (per-device BatchNorm: each device normalises its own 8 examples)."""
-    _run(_per_device_flags(tmp_path / "one", digits_dir))
-    work = tmp_path / "w"
-    procs = _start(_per_device_flags(work, digits_dir, checkpoint_every=1), processes=2)
+def test_a_pair_survives_sigterm_to_one_process_and_trains_exactly_as_one_then_continues_on_one_device(
+    digits_dir, tmp_path
+):
+    """One process with 8 devices, and a pair with 4 each (global BatchNorm, float64), started together.
+    SIGTERM to process 1 only: both save the same step and exit 0. The newest checkpoint is then
+    garbled; the resumed pair skips it on both processes alike and ends where the single process ends
+    uninterrupted. Its checkpoint then continues on one device. (Per-device BatchNorm needs no
+    collective across processes; test_train compares it with global BatchNorm on 8 devices.)"""
+    one, work = tmp_path / "one", tmp_path / "two"
+    reference = _start(_flags(one, digits_dir))
+    procs = _start(_flags(work, digits_dir, checkpoint_every=1), processes=2)
     deadline = time.monotonic() + TIMEOUT
     while len(_train_records(work)) < 2:
         assert all(p.poll() is None for p in procs), "a worker ended before step 2"
@@ -243,18 +205,28 @@ def test_a_per_device_batchnorm_pair_survives_sigterm_to_one_process_and_equals_
         f.seek(os.path.getsize(arrays) // 3)
         f.write(b"\xff" * max(1, os.path.getsize(arrays) // 3))
 
-    results = _run(_per_device_flags(work, digits_dir, checkpoint_every=1), processes=2)
-    for _, out in results:
+    (_, out0), (_, out1) = _run(_flags(work, digits_dir, checkpoint_every=1), processes=2)
+    for out in (out0, out1):
         assert f"checkpoint at step {stopped[0]}" in out and "cannot be restored" in out
-    _assert_same_run(tmp_path / "one", work)
+    ((status, out),) = _finish(reference)
+    assert status == 0, out[-3000:]
+    _assert_same_run(one, work)
+    assert "joined: process 0 of 2, 4 local of 8 devices" in out0
+    assert "joined: process 1 of 2, 4 local of 8 devices" in out1
+    assert "global batch 16 (2 per device" in out0 and "global order" in out0
+    assert "final eval at step" in out0 and "final eval" not in out1  # only process 0 reports
+    files = ["checkpoints", "config.json", "environment.json", "metrics.jsonl", "status.json", "tensorboard"]
+    assert sorted(os.listdir(work)) == files
+    env = rundir.read_environment(work)
+    assert (env["process_count"], env["device_count"], env["platform"]) == (2, 8, "cpu")
+    status = rundir.read_status(work)
+    assert (status["status"], status["step"], status["exit_code"]) == (rundir.FINISHED, STEPS, 0), status
 
-
-@pytest.mark.slow
-def test_a_global_batchnorm_pair_equals_one_process_and_continues_on_one_device(global_runs, tmp_path):
-    """The checks that share the global-BatchNorm runs, in one test: under xdist's work stealing a module
-    fixture runs again on each worker that takes one of its tests."""
-    _check_two_processes_train_exactly_as_one_with_global_batchnorm(global_runs)
-    _check_a_two_process_checkpoint_continues_on_one_device(global_runs, tmp_path / "continue")
+    ((status, out),) = _finish(_start(_flags(work, digits_dir, steps=STEPS + 2), devices=1))
+    assert status == 0, out[-3000:]
+    assert "1 process(es), 1 device(s)" in out
+    assert [r["step"] for r in _train_records(work)] == list(range(1, STEPS + 3))
+    assert ckpt_lib.Checkpointer(str(work)).latest_step() == STEPS + 2
 
 
 def test_a_peer_that_never_starts_is_a_clear_error_not_a_hang(digits_dir, tmp_path):

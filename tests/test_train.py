@@ -22,15 +22,15 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from inception_jax import losses  # noqa: E402
+from inception_jax import losses, optim  # noqa: E402
 from inception_jax.trainer import finetune, parallel, rundir, train, validation  # noqa: E402
 from inception_jax.trainer.config import base_config  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
-# One run per recipe branch, longest first so that the xdist workers finish together (conftest runs
-# slow tests first): each config file once, plus IR-v1, whose recipe drops the aux loss. inception_v2
-# and inception_resnet_v2 share their files' recipes with v3 and v4; every variant's train and eval
-# steps are traced and lowered in test_lowering.py.
+# Every config file's recipe, with IR-v1, whose recipe drops the aux loss (inception_v2 and
+# inception_resnet_v2 share their files' recipes with v3 and v4). Each builds and traces its train
+# step; three train and evaluate end to end: RMSProp with an aux head, SGD with two, and a recipe with
+# none (a compile each, 20-70 s here). Every variant's steps are lowered in test_lowering.py.
 VARIANT_CONFIGS = [
     ("inception_v3", "inception_v3"),
     ("inception_v4", "inception_v4"),
@@ -38,6 +38,7 @@ VARIANT_CONFIGS = [
     ("googlenet", "googlenet"),
     ("inception_v4", "inception_resnet_v1"),
 ]
+END_TO_END_CONFIGS = [VARIANT_CONFIGS[i] for i in (0, 3, 4)]
 
 
 def load_config(name: str, arg: str | None = None):
@@ -83,8 +84,7 @@ def straight_run(tmp_path_factory):
     return state, root, out.getvalue()
 
 
-@pytest.mark.slow
-def test_resume_is_bitwise_identical(straight_run, tmp_path, monkeypatch, capsys):
+def _check_resume_is_bitwise_identical(straight_run, tmp_path, monkeypatch, capsys):
     """4 steps straight == 2 steps + SIGTERM + restart + 2 steps: parameters and metrics, bitwise.
 
     The final eval covers digits' 297 test images in batches of 64 (8 per device): the padded tail
@@ -217,8 +217,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_checkpoint(tmp_path, monkeypat
     assert [r["train/learning_rate"] for r in records] == [pytest.approx(c.schedule.base_learning_rate)] * 4
 
 
-@pytest.mark.slow
-def test_init_from_reinitialises_only_the_classifier(straight_run, tmp_path):
+def _check_init_from_reinitialises_only_the_classifier(straight_run, tmp_path):
     donor, root, _ = straight_run
     c = load_config("googlenet", "runlocal")
     c.dataset.name = "imagenet2012"
@@ -239,8 +238,14 @@ def test_init_from_reinitialises_only_the_classifier(straight_run, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config_file, name", VARIANT_CONFIGS, ids=[m for _, m in VARIANT_CONFIGS])
-def test_every_config_trains_two_steps_and_evaluates(config_file, name, tmp_path):
+def test_a_straight_run_resumes_bitwise_and_seeds_init_from(straight_run, tmp_path, monkeypatch, capsys):
+    """The checks that share the straight run, in one test: under xdist's work stealing a module fixture
+    runs again on each worker that takes one of its tests."""
+    _check_resume_is_bitwise_identical(straight_run, tmp_path / "resume", monkeypatch, capsys)
+    _check_init_from_reinitialises_only_the_classifier(straight_run, tmp_path / "init_from")
+
+
+def _small_config(config_file, name):
     arg = "runlocal" if config_file == name else f"runlocal,model={name}"
     config = load_config(config_file, arg)
     assert config.model.name == name
@@ -253,6 +258,33 @@ def test_every_config_trains_two_steps_and_evaluates(config_file, name, tmp_path
     config.input.image_size = 75 if name != "googlenet" else 32
     config.model.width_multiplier = 0.125
     config.model.num_classes = 1000
+    return config
+
+
+@pytest.mark.parametrize("config_file, name", VARIANT_CONFIGS, ids=[m for _, m in VARIANT_CONFIGS])
+def test_every_config_builds_its_train_step(config_file, name):
+    """The recipe as the trainer builds it (validated config, optimizer, schedule, state, step), traced
+    without compiling: a loss per aux weight, float32 metrics, a state of the same structure."""
+    config = validation.validated(_small_config(config_file, name))
+    mesh = parallel.make_mesh()
+    model = train.build_model(config, 1000)
+    size, batch = config.input.image_size, config.batch_size
+    tx, schedule = optim.make_optimizer(config, 10, config.total_steps)
+    state = jax.eval_shape(lambda k: train.init_state(model, tx, config, size, k), jax.random.key(0))
+    step = train.make_train_step(model, tx, schedule, config, 1000, mesh)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    new_state, metrics = jax.eval_shape(step, state, {"image": images, "label": labels}, jax.random.key(1))
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert len(config.aux_loss_weights) == model.num_aux_heads
+    assert {f"train/loss_aux_{i}" for i in range(model.num_aux_heads)} <= set(metrics)
+    assert metrics["train/loss"].shape == () and metrics["train/loss"].dtype == jnp.float32
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file, name", END_TO_END_CONFIGS, ids=[m for _, m in END_TO_END_CONFIGS])
+def test_configs_train_two_steps_and_evaluate(config_file, name, tmp_path):
+    config = _small_config(config_file, name)
     with tfds.testing.mock_data(num_examples=12):
         train.train_and_evaluate(config, str(tmp_path))
     records = rundir.read_metrics(str(tmp_path))
