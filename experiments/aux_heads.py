@@ -17,11 +17,10 @@ COMPARE_WITHIN = ("model.name",)
 SETTINGS = [
     {"model.name": "googlenet", "model.aux_logits": False},
     {"model.name": "googlenet", "model.aux_logits": True, "aux_loss_weights": (0.3, 0.3)},
-    {"model.name": "inception_v3", "input.image_size": 75, "total_steps": 300, "model.aux_logits": False},
+    {"model.name": "inception_v3", "input.image_size": 75, "model.aux_logits": False},
     {
         "model.name": "inception_v3",
         "input.image_size": 75,
-        "total_steps": 300,
         "model.aux_logits": True,
         "aux_loss_weights": (0.4,),
         "model.bn_aux": True,
@@ -29,7 +28,6 @@ SETTINGS = [
     {
         "model.name": "inception_v3",
         "input.image_size": 75,
-        "total_steps": 300,
         "model.aux_logits": True,
         "aux_loss_weights": (0.4,),
         "model.bn_aux": False,

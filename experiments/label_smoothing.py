@@ -8,11 +8,10 @@ larger shows at this scale.
   inception-report runs/label_smoothing --out experiments/results/label_smoothing
 """
 
-from regimes import DIGITS_32
+from regimes import DIGITS_32, SEEDS
 
 BASE_CONFIG = "configs/digits.py"
 OVERRIDES = DIGITS_32
-SEEDS = (0, 1, 2, 3, 4)
 
 
 def sweep():

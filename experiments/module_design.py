@@ -8,11 +8,10 @@ budget and asks what the reductions cost in accuracy.
   inception-sweep experiments/module_design.py --workdir runs/module_design --parallel 2
 """
 
-from regimes import DIGITS_32
+from regimes import DIGITS_32, SEEDS
 
 BASE_CONFIG = "configs/digits.py"
 OVERRIDES = DIGITS_32
-SEEDS = (0, 1, 2, 3, 4)  # cheap runs: five seeds narrow the spread
 
 
 def sweep():

@@ -8,11 +8,10 @@ lr * g / sqrt(1 + mean g^2), is close to SGD's while gradients are small.
   inception-sweep experiments/optimizer.py --workdir runs/optimizer --parallel 2
 """
 
-from regimes import DIGITS_32
+from regimes import DIGITS_32, SEEDS
 
 BASE_CONFIG = "configs/digits.py"
 OVERRIDES = {**DIGITS_32, "optimizer.rms_decay": 0.9, "optimizer.eps": 1.0, "optimizer.momentum": 0.9}
-SEEDS = (0, 1, 2, 3, 4)
 
 
 def sweep():

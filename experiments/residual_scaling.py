@@ -16,7 +16,6 @@ OVERRIDES = {
     "model.name": "inception_resnet_v2",
     "model.width_multiplier": 1.0,
     "model.depths": (1, 1, 1),
-    "total_steps": 200,
 }
 
 

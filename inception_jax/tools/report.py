@@ -620,14 +620,14 @@ def _study_section(
             ),
             "",
         ]
-        if m.get("overrides"):
-            lines += [
-                "Every run: "
-                + ", ".join(f"`{k}={_show(v)}`" for k, v in m["overrides"].items())
-                + "".join(f", `{k}={v}`" for k, v in m.get("flags", {}).items())
-                + ".",
-                "",
-            ]
+        varied = {k for run in study.runs for k in run.overrides}  # what some setting sets itself
+        shared = [f"`{k}={_show(v)}`" for k, v in m.get("overrides", {}).items() if k not in varied]
+        shared += [f"`{k}={v}`" for k, v in m.get("flags", {}).items()]
+        defaults = [f"`{k}={_show(v)}`" for k, v in m.get("overrides", {}).items() if k in varied]
+        if shared:
+            lines += ["Every run: " + ", ".join(shared) + ".", ""]
+        if defaults:
+            lines += ["Where a setting does not say otherwise: " + ", ".join(defaults) + ".", ""]
     pct = _is_fraction(metric)
     extra = metric not in ("eval/top1", "eval/top5")
     header = (
