@@ -24,6 +24,7 @@ SIZE = 32
 TRANSFORM = EvalTransform(SIZE, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 OPTIONS = {"width_multiplier": 0.0625, "aux_logits": False}
 DIGITS_TEST = 297
+CLASSES = ["flower", "sky", "temple"]  # _photo_folder's, sorted
 
 
 @pytest.fixture(scope="module")
@@ -151,17 +152,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, digits_dir, capsys):
     assert not os.path.exists(tmp_path / "file" / "evaluation.json")
 
 
-def _folder(root, classes=("cat", "dog", "fox"), per_class=6):
-    """A one-folder layout of small JPEGs, each class a different dominant colour."""
+def _photo_folder(root, per_class=6):
+    """A one-folder layout of JPEG crops from scikit-learn's two offline sample photos, three classes:
+    the temple and the sky of `china.jpg`, the flower of `flower.jpg`; crops of varied place and size."""
     from PIL import Image
+    from sklearn.datasets import load_sample_images
 
+    china, flower = load_sample_images().images  # (427, 640, 3) each
+    regions = {  # (photo, x0, y0, x1, y1)
+        "flower": (flower, 100, 0, 385, 427),
+        "sky": (china, 0, 0, 640, 90),
+        "temple": (china, 120, 110, 480, 427),
+    }
     rng = np.random.default_rng(0)
-    for c, name in enumerate(classes):
+    for name, (photo, x0, y0, x1, y1) in regions.items():
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = rng.integers(0, 80, (40, 48, 3))
-            pixels[..., c] += 150
-            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.jpg", quality=90)
+            side = int(rng.integers(40, min(x1 - x0, y1 - y0) + 1))
+            x, y = int(rng.integers(x0, x1 - side + 1)), int(rng.integers(y0, y1 - side + 1))
+            crop = Image.fromarray(photo[y : y + side, x : x + side]).resize((48, 40))
+            crop.save(root / name / f"{i}.jpg", quality=90)
     return root
 
 
@@ -171,24 +181,38 @@ def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tm
     predicts by --workdir with the folder's class names."""
     from model_helpers import load_config
 
-    from inception_jax.tools import predict
+    from inception_jax.tools import export, predict
 
-    data = _folder(tmp_path / "photos")
+    data = _photo_folder(tmp_path / "photos")
     _weights(tmp_path / "w.msgpack", 10)
     c = load_config("finetune_folder", f"init_from={tmp_path / 'w.msgpack'},data={data},batch=8,blocks=1")
     assert c.input.image_size == SIZE and c.trainable == "last:1" and c.dataset.name == f"folder:{data}"
     c.num_epochs, c.total_steps, c.progress_bar = 0.0, 2, False
     train.train_and_evaluate(c, str(tmp_path / "run"))
-    assert rundir.read_config(str(tmp_path / "run"))["dataset"]["label_names"] == ["cat", "dog", "fox"]
+    assert rundir.read_config(str(tmp_path / "run"))["dataset"]["label_names"] == CLASSES
     capsys.readouterr()
 
     run = ["--workdir", str(tmp_path / "run")]
     result = _run_json(capsys, run + ["--dataset", f"folder:{data}"])
     assert result["split"] == "validation" and result["examples"] == 3  # one of six per class held out
-    assert [r["class"] for r in result["per_class"]] == ["cat", "dog", "fox"]
-    assert predict.main(run + [str(data / "dog"), "--json", "--top-k", "3"]) == 0
+    assert [r["class"] for r in result["per_class"]] == CLASSES
+    assert predict.main(run + [str(data / "sky"), "--json", "--top-k", "3"]) == 0
     predicted = json.loads(capsys.readouterr().out)
     assert len(predicted["images"]) == 6
     for image in predicted["images"]:
-        assert sorted(p["class"] for p in image["predictions"]) == ["cat", "dog", "fox"]
+        assert sorted(p["class"] for p in image["predictions"]) == CLASSES
         assert sum(p["probability"] for p in image["predictions"]) == pytest.approx(1.0, abs=1e-6)
+
+    # Exported with its preprocessing built in, the run gives predict's probabilities on predict's pixels.
+    out = str(tmp_path / "mine.stablehlo")
+    assert export.main(run + ["--format", "stablehlo", "--with-preprocessing", "--platforms", "cpu", out]) == 0
+    with open(out + ".json") as f:
+        assert json.load(f)["class_names"] == CLASSES
+    with open(out, "rb") as f:
+        exported = jax.export.deserialize(bytearray(f.read()))
+    files = [image["file"] for image in predicted["images"]]
+    pixels = predict.load_images(files, EvalTransform.from_dict(predicted["preprocessing"]))
+    probs = np.asarray(jax.nn.softmax(exported.call(pixels)))
+    for image, row in zip(predicted["images"], probs):
+        for p in image["predictions"]:
+            assert row[CLASSES.index(p["class"])] == pytest.approx(p["probability"], abs=1e-5)

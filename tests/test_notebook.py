@@ -24,6 +24,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("QUICKSTART_WORKDIR", str(tmp_path / "work"))
     monkeypatch.setenv("QUICKSTART_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.delenv("QUICKSTART_WEIGHTS", raising=False)
+    monkeypatch.delenv("QUICKSTART_PHOTOS", raising=False)
     # One CPU device, as a user's laptop kernel has (conftest's 8 fake devices make each step slower).
     monkeypatch.setenv(
         "XLA_FLAGS", os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
@@ -40,5 +41,9 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert "Mixed_7c         (1, 8, 8, 2048)" in text  # an endpoint
     assert "train split train[:25%]: test top-1" in text
     assert "dataset.train_split=train[:25%]" in text  # the study's rows name the setting
+    assert "['flower', 'sky', 'temple']" in text  # the stand-in folder's classes
+    assert "on folder:" in text and "class names: recorded with the weights" in text  # evaluate, predict
+    assert "uint8[b,224,224,3]" in text and "float32[b,3]" in text  # the export's signature
+    assert "0.jpg: " in text  # the exported file's predictions
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the photo and the loss curves
