@@ -181,7 +181,8 @@ def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tm
     predicts by --workdir with the folder's class names."""
     from model_helpers import load_config
 
-    from inception_jax.tools import export, predict
+    from inception_jax.tools import export, model_source, predict
+    from inception_jax.trainer import checkpoint
 
     data = _photo_folder(tmp_path / "photos")
     _weights(tmp_path / "w.msgpack", 10)
@@ -190,6 +191,7 @@ def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tm
     c.num_epochs, c.total_steps, c.progress_bar = 0.0, 2, False
     train.train_and_evaluate(c, str(tmp_path / "run"))
     assert rundir.read_config(str(tmp_path / "run"))["dataset"]["label_names"] == CLASSES
+    assert checkpoint.read_label_names(str(tmp_path / "run")) == tuple(CLASSES)  # the checkpoints too
     capsys.readouterr()
 
     run = ["--workdir", str(tmp_path / "run")]
@@ -216,3 +218,10 @@ def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tm
     for image, row in zip(predicted["images"], probs):
         for p in image["predictions"]:
             assert row[CLASSES.index(p["class"])] == pytest.approx(p["probability"], abs=1e-5)
+
+    # A run whose config.json lost the names still has them from its checkpoints.
+    saved = rundir.read_config(str(tmp_path / "run"))
+    del saved["dataset"]["label_names"]
+    with open(tmp_path / "run" / rundir.CONFIG_FILE, "w") as f:
+        json.dump(saved, f)
+    assert model_source.from_workdir(str(tmp_path / "run")).class_names == tuple(CLASSES)

@@ -93,7 +93,7 @@ def from_workdir(workdir: str) -> Source:
         antialias=inp.get("eval_antialias", True),
         name="the run's config.input",
     )
-    names = config.dataset.get("label_names")
+    names = config.dataset.get("label_names") or checkpoint.read_label_names(workdir)
     described = f"{workdir} at step {step}" + (" (EMA weights)" if ema else "")
     model = train.build_model(config, num_classes)
     return Source(config.model.name, model, variables, transform, tuple(names) if names else None, described)

@@ -227,6 +227,21 @@ def load_eval_variables(workdir: str, *, ema: bool) -> tuple[dict, int]:
     return jax.tree.map(np.asarray, variables), step
 
 
+def read_label_names(workdir: str) -> tuple[str, ...] | None:
+    """The class names the newest checkpoint records (runs on an image folder), else None."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    if not os.path.isdir(directory):
+        return None
+    manager = ocp.CheckpointManager(
+        directory, item_names=("state", "meta"), options=ocp.CheckpointManagerOptions(read_only=True)
+    )
+    step = manager.latest_step()
+    meta = {} if step is None else manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    manager.close()
+    names = (meta or {}).get("label_names")
+    return tuple(names) if names else None
+
+
 def _newest_state(path: str, field: str) -> tuple[dict, int]:
     """The newest checkpoint's state (a dict of numpy arrays) under a workdir or its `checkpoints/`."""
     directory = path

@@ -428,6 +428,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             recorded.dataset.label_names = list(info.label_names)
         metrics_lib.write_config(workdir, recorded)
         rundir.write_environment(workdir, mesh.devices.flat)
+    labels = {"label_names": list(info.label_names)} if is_folder else {}  # also in every checkpoint
 
     # 6. Steps, compiled up front so the log says what compiling cost (or that the cache had them).
     def batch_spec(batch_size: int, with_mask: bool):
@@ -536,12 +537,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     writer.write(step, run_eval(state))
                 if step % config.checkpoint_every_steps == 0 or step == total_steps:
                     check_finite()  # never save a state that went NaN
-                    checkpointer.save(step, state, {"step": step})
+                    checkpointer.save(step, state, {"step": step, **labels})
                     last_saved = step
                 progress.update(1)
         if step < total_steps and last_saved != step:  # interrupted: keep what we have
             check_finite()
-            checkpointer.save(step, state, {"step": step}, force=True)
+            checkpointer.save(step, state, {"step": step, **labels}, force=True)
     except (NonFiniteLossError, ckpt_lib.CheckpointWriteError) as e:
         if is_main:
             rundir.write_status(workdir, rundir.FAILED, step=step, total_steps=total_steps, exit_code=1, error=str(e))
