@@ -8,10 +8,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 sweep_dir=${1:?usage: keep_runs.sh SWEEP_DIR RESULTS_DIR}
 results=${2:?usage: keep_runs.sh SWEEP_DIR RESULTS_DIR}
+[ -x .venv/bin/python ] || { echo "error: no .venv (run scripts/test.sh or source scripts/setup_venv.sh first)" >&2; exit 2; }
 [ -f "$sweep_dir/sweep.json" ] || { echo "error: $sweep_dir has no sweep.json (not a sweep's --workdir)" >&2; exit 2; }
 rm -rf "$results/runs"
 mkdir -p "$results/runs"
-cp "$sweep_dir/sweep.json" "$results/runs/"
+# The manifest names the machine's paths (the checkout, its Python, each run's --workdir); the kept copy
+# names them relative to the checkout, so it reads the same on any clone.
+.venv/bin/python - "$sweep_dir/sweep.json" "$results/runs/sweep.json" <<'PY'
+import json, sys
+
+manifest = json.load(open(sys.argv[1]))
+root = manifest["root"].rstrip("/")
+
+
+def relative(value):
+    if isinstance(value, str):
+        return value.replace(root + "/", "").replace(root, ".")
+    if isinstance(value, list):
+        return [relative(v) for v in value]
+    if isinstance(value, dict):
+        return {k: relative(v) for k, v in value.items()}
+    return value
+
+
+with open(sys.argv[2], "w") as f:
+    json.dump(relative(manifest), f, indent=1)
+    f.write("\n")
+PY
 for run in "$sweep_dir"/*/; do
   [ -f "$run/config.json" ] || continue
   name=$(basename "$run")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import os
 
 import pytest
@@ -29,3 +30,11 @@ def test_committed_report_regenerates_exactly_from_its_runs(study, tmp_path):
         assert filecmp.cmp(tmp_path / name, os.path.join(committed, name), shallow=False), (
             f"{name} differs: run `bash scripts/keep_runs.sh runs/{study} experiments/results/{study}`"
         )
+
+
+@pytest.mark.parametrize("study", KEPT)
+def test_kept_manifest_names_paths_relative_to_the_checkout(study):
+    with open(os.path.join(RESULTS, study, "runs", "sweep.json")) as f:
+        manifest = json.load(f)
+    assert manifest["root"] == "." and not os.path.isabs(manifest["study_file"])
+    assert not any(os.path.isabs(arg.split("=", 1)[-1]) for run in manifest["runs"] for arg in run["argv"])
