@@ -110,6 +110,15 @@ def test_counts_are_the_same_in_both_layouts(name):
             assert profile.count_macs(model, model_vars, 299) == macs
 
 
+def test_a_width_whose_blocks_change_the_channel_count_cannot_be_scanned():
+    """TF-slim floors each branch's scaled width on its own, so at 0.125 Inception-v4's first B block
+    gets 56 channels from Reduction-A and gives 64: a clear error instead of JAX's scan carry mismatch."""
+    model = registry.create_model("inception_v4", width_multiplier=0.125, num_classes=7, scan_blocks=True)
+    with pytest.raises(ValueError, match=r"scan_blocks=True: blocks features_.*width_multiplier.*scan_blocks=False"):
+        profile.abstract_variables(model, 75)
+    profile.abstract_variables(model.clone(scan_blocks=False), 75)
+
+
 def test_weight_files_load_into_either_layout(tmp_path):
     model = _tiny("inception_resnet_v2")
     x = jnp.zeros((1, 75, 75, 3))

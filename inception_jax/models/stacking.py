@@ -55,8 +55,18 @@ def run_blocks(
         split_rngs={"params": True, "dropout": True},
         length=len(names),
     )
-    x, _ = stage(make_block, train, name=stacked_name(names))(x, None)
-    return endpoint(names[-1], x)
+    try:
+        x_out, _ = stage(make_block, train, name=stacked_name(names))(x, None)
+    except TypeError as e:  # JAX: "scan body function carry input and carry output must have equal types"
+        if "carry" not in str(e):
+            raise
+        raise ValueError(
+            f"scan_blocks=True: blocks {names[0]}..{names[-1]} do not keep their input's shape {tuple(x.shape[1:])} "
+            "at this width_multiplier (each branch's width is scaled and floored on its own, so a block's "
+            "concatenated output can differ from what the previous layer gives it); use scan_blocks=False, "
+            "or a width_multiplier such as 0.25, 0.5 or 1.0"
+        ) from None
+    return endpoint(names[-1], x_out)
 
 
 def to_layout(variables: dict, model: nn.Module) -> dict:
