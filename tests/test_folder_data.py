@@ -20,6 +20,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from test_data import make_config as digits_style_config  # noqa: E402
+
 from inception_jax.trainer import validation  # noqa: E402
 from inception_jax.trainer.config import base_config  # noqa: E402
 from inception_jax.trainer.data import folder, pipeline  # noqa: E402
@@ -106,23 +108,9 @@ def two(tmp_path_factory):
 
 
 def make_config(root, **dataset) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.dataset = ml_collections.ConfigDict(
-        dict(name=f"folder:{root}", data_dir=None, train_split="train", eval_split="validation", cache=False)
-    )
-    c.dataset.update(dataset)
-    c.input = ml_collections.ConfigDict(
-        dict(
-            image_size=16,
-            crop_pct=0.875,
-            mean=(0.5, 0.5, 0.5),
-            std=(0.25, 0.25, 0.25),
-            interpolation="bilinear",
-            train_augment="inception_crop",
-            color_distortion=False,
-        )
-    )
+    """test_data's 16-pixel input config, reading the folder `root`."""
+    c = digits_style_config(name=f"folder:{root}")
+    c.dataset.update({"eval_split": "validation", "shuffle_buffer": 10_000, **dataset})  # the pipeline default
     return c
 
 
