@@ -132,7 +132,8 @@ def test_verdicts_use_welchs_t_test_with_a_confidence_interval(toy_sweep):
         "`model.variant=B` vs `model.variant=A`: eval/top1 61.0 ± 1.0 vs 82.0 ± 2.0 (3 and 3 seeds), "
         "a difference of -21.0 points (95% CI ["
     )
-    assert f"p = {p:.3f}" in clear and "significant after correction" in clear
+    assert report.p_text(p) in clear and "significant after correction" in clear
+    assert report.p_text(0.0004) == "p < 0.001" and report.p_text(0.0421) == "p = 0.042"
     # Welch's interval by hand: delta -/+ t(0.975, df) * sqrt(sa^2/na + sb^2/nb), df Welch-Satterthwaite.
     sa2, sb2 = np.var(values["A"], ddof=1) / 3, np.var(values["B"], ddof=1) / 3
     df = (sa2 + sb2) ** 2 / (sa2**2 / 2 + sb2**2 / 2)

@@ -395,6 +395,11 @@ def minimum_detectable_difference(sd: float, n: int, alpha: float = ALPHA, power
     return float(scipy.optimize.brentq(shortfall, 1e-9 * se, 20 * se))
 
 
+def p_text(p: float, name: str = "p") -> str:
+    """`p = 0.042`, or `p < 0.001` where three decimals would print 0.000."""
+    return f"{name} < 0.001" if p < 0.0005 else f"{name} = {p:.3f}"
+
+
 def describe(c: Comparison) -> str:
     """One sentence: the two means, the difference with its 95% interval, and the verdict after Holm."""
     a, b = c.a, c.b
@@ -409,8 +414,8 @@ def describe(c: Comparison) -> str:
     if c.p is None:
         return f"{head}; {c.note}."
     low, high = (v * scale for v in c.ci)
-    stats = f"95% CI [{low:+.{digits}f}, {high:+.{digits}f}], Welch's t = {c.t:.2f}, df = {c.df:.1f}, p = {c.p:.3f}"
-    adjusted = f"Holm-adjusted p = {c.p_holm:.3f}" if c.p_holm is not None else "not corrected"
+    stats = f"95% CI [{low:+.{digits}f}, {high:+.{digits}f}], Welch's t = {c.t:.2f}, df = {c.df:.1f}, {p_text(c.p)}"
+    adjusted = p_text(c.p_holm, "Holm-adjusted p") if c.p_holm is not None else "not corrected"
     if c.p_holm is not None and c.p_holm < ALPHA:
         return f"{head} ({stats}); significant after correction ({adjusted})."
     return f"{head} ({stats}); not significant after correction ({adjusted}): these seeds cannot tell the two apart."
@@ -589,7 +594,7 @@ def _rank_lines(study: StudyRuns, rows: list[dict], metric: str) -> list[str]:
     return [
         (
             f"Rank against {ref['source']}: Spearman's rho = {result.statistic:+.2f} over {len(pairs)} settings "
-            f"(two-sided p = {result.pvalue:.3f}): {verdict}."
+            f"(two-sided {p_text(result.pvalue)}): {verdict}."
         ),
         "",
     ]
