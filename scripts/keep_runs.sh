@@ -31,8 +31,12 @@ def relative(value):
     return value
 
 
+kept = relative(manifest)
+python = kept["python"]  # a venv outside the checkout (a worktree run with the main checkout's .venv)
+if python.startswith("/"):
+    kept["python"] = python[python.rindex("/.venv/") + 1 :] if "/.venv/" in python else python.rsplit("/", 1)[-1]
 with open(sys.argv[2], "w") as f:
-    json.dump(relative(manifest), f, indent=1)
+    json.dump(kept, f, indent=1)
     f.write("\n")
 PY
 for run in "$sweep_dir"/*/; do
