@@ -18,7 +18,7 @@ from inception_jax.preprocessing import EvalTransform  # noqa: E402
 from inception_jax.tools import evaluate  # noqa: E402
 from inception_jax.trainer import rundir, train  # noqa: E402
 from inception_jax.trainer.config import base_config  # noqa: E402
-from inception_jax.weights import save_variables  # noqa: E402
+from inception_jax.weights import read_class_names, save_variables  # noqa: E402
 
 SIZE = 32
 TRANSFORM = EvalTransform(SIZE, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -218,6 +218,21 @@ def test_fine_tune_on_a_folder_then_evaluate_and_predict_with_its_class_names(tm
     for image, row in zip(predicted["images"], probs):
         for p in image["predictions"]:
             assert row[CLASSES.index(p["class"])] == pytest.approx(p["probability"], abs=1e-5)
+
+    # Written out as a variables file, the run predicts the same from the file alone, names included.
+    weights = str(tmp_path / "mine.msgpack")
+    assert export.main(run + ["--format", "msgpack", weights]) == 0
+    assert "3 class names" in capsys.readouterr().err
+    assert read_class_names(weights) == tuple(CLASSES)
+    assert predict.main(["--weights", weights, str(data / "sky"), "--json", "--top-k", "3"]) == 0
+    from_file = json.loads(capsys.readouterr().out)
+    assert from_file["preprocessing"] == predicted["preprocessing"]
+    for a, b in zip(from_file["images"], predicted["images"]):
+        assert [p["class"] for p in a["predictions"]] == [p["class"] for p in b["predictions"]]
+        assert [p["probability"] for p in a["predictions"]] == pytest.approx(
+            [p["probability"] for p in b["predictions"]], abs=1e-6
+        )
+    assert export.main(run + ["--format", "msgpack", "--with-preprocessing", str(tmp_path / "x.msgpack")]) == 2
 
     # A run whose config.json lost the names still has them from its checkpoints.
     saved = rundir.read_config(str(tmp_path / "run"))

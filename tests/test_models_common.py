@@ -51,6 +51,12 @@ def test_unknown_model_name_suggests_the_closest():
         inception_jax.create_model("inception_v33")
 
 
+def test_options_read_back_from_json_build_a_hashable_module():
+    """config.json and weight files give tuples back as lists; a Flax module must hash (jit, clone)."""
+    model = inception_jax.create_model("inception_v4", depths=[1, 2, 1], num_classes=3)
+    assert model.depths == (1, 2, 1) and hash(model) is not None
+
+
 def test_unknown_option_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"Unknown option 'dropout'.*Did you mean 'dropout_rate'"):
         inception_jax.create_model("inception_v3", dropout=0.1)

@@ -109,7 +109,8 @@ def create_model(name: str, **overrides) -> nn.Module:
         raise ValueError(
             f"Unknown option {bad!r} for model {name!r}.{hint} Valid options: {', '.join(sorted(options))}."
         )
-    return entry.constructor(**overrides)
+    # Options read back from JSON (config.json, weight files) arrive as lists; module fields must hash.
+    return entry.constructor(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 def data_config(name: str) -> DataConfig:

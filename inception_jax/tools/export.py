@@ -3,8 +3,9 @@
 Images (float32 NHWC already normalised, or uint8 with `--with-preprocessing`) to logits in eval mode, for
 any batch size, traced with XLA's own operations: `stablehlo` (`jax.export`), `savedmodel` (TensorFlow,
 through `jax2tf`) or `onnx` (our translator, `onnx_graph`, checked with onnxruntime before it is written).
-The record goes to `OUT.json` (a SavedModel's `assets/`). Bad input: exit status 2; a converter that fails:
-exit status 1; one line, nothing written. Usage: docs/weights.md.
+The record goes to `OUT.json` (a SavedModel's `assets/`). `msgpack` writes a fine-tuned run as a variables
+file instead, recording its options, preprocessing and class names, as `inception-convert` does. Bad input:
+exit status 2; a converter that fails: exit status 1; one line, nothing written. Usage: docs/weights.md.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from inception_jax.preprocessing import EvalTransform
 from inception_jax.tools import model_source
 from inception_jax.tools.model_source import InputError
 
-FORMATS = ("stablehlo", "savedmodel", "onnx")
+FORMATS = ("stablehlo", "savedmodel", "onnx", "msgpack")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 DEFAULT_PLATFORMS_TEXT = ",".join(DEFAULT_PLATFORMS)
@@ -86,9 +87,9 @@ def input_plan(source: model_source.Source, args) -> tuple[int, EvalTransform | 
 
 def parse_platforms(text: str | None, fmt: str) -> tuple[str, ...]:
     if text is None:
-        return DEFAULT_PLATFORMS if fmt != "onnx" else ()
-    if fmt == "onnx":
-        raise InputError("--platforms applies to stablehlo and savedmodel; an ONNX graph names no platform")
+        return DEFAULT_PLATFORMS if fmt not in ("onnx", "msgpack") else ()
+    if fmt in ("onnx", "msgpack"):
+        raise InputError(f"--platforms applies to stablehlo and savedmodel; --format {fmt} names no platform")
     platforms = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = [p for p in platforms if p not in PLATFORMS]
     if not platforms or unknown or len(set(platforms)) != len(platforms):
@@ -227,7 +228,7 @@ def metadata_path(out: str, fmt: str) -> str:
 def check_output(out: str, fmt: str, overwrite: bool) -> None:
     """Refuses an existing OUT (or OUT.json) without --overwrite, and anything --overwrite could not
     safely replace: a folder for a file format, a folder that is not a SavedModel."""
-    sidecar = out + ".json" if fmt != "savedmodel" else None
+    sidecar = out + ".json" if fmt not in ("savedmodel", "msgpack") else None
     existing = [p for p in (out, sidecar) if p and os.path.lexists(p)]
     if not existing:
         return
@@ -245,6 +246,27 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+def write_weights_file(source: model_source.Source, args) -> None:
+    """OUT as a variables file (`inception_jax.load_variables`): a run's weights with its model options,
+    eval preprocessing and class names, so that every tool and `init_from` take it like a converted file."""
+    from inception_jax.weights import save_variables
+
+    out = os.path.normpath(args.output)
+    size, transform = input_plan(source, args)
+    check_output(out, "msgpack", args.overwrite)
+    save_variables(
+        out,
+        source.variables,
+        model=source.name,
+        options=source.options,
+        preprocessing=transform,
+        class_names=source.class_names,
+    )
+    names = f"{len(source.class_names)} class names" if source.class_names else "no class names"
+    recorded = f"{transform.describe()} preprocessing" if transform else "no preprocessing"
+    print(f"wrote {args.output} (msgpack): {source.name} from {source.described}; {recorded}, {names}", file=sys.stderr)
 
 
 def export(source: model_source.Source, args) -> dict:
@@ -319,7 +341,12 @@ def run(args) -> None:
         missing = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
         if missing:
             raise InputError(f"--format onnx needs {' and '.join(missing)}: {ONNX_INSTALL}")
+    if args.format == "msgpack" and args.with_preprocessing:
+        raise InputError("--with-preprocessing builds normalisation into a graph; a msgpack file records it instead")
     source = model_source.load(args)
+    if args.format == "msgpack":
+        write_weights_file(source, args)
+        return
     record = export(source, args)
     pixels = "uint8, normalised in the graph" if record["preprocessing_built_in"] else "float32, normalised"
     shape = "x".join("b" if d is None else str(d) for d in record["input"]["shape"])

@@ -25,6 +25,7 @@ class Source:
     transform: EvalTransform | None  # the evaluation preprocessing, None: unknown
     class_names: tuple[str, ...] | None  # one per output, None: unknown
     described: str  # for messages: the file, or the run and its step
+    options: dict = dataclasses.field(default_factory=dict)  # `registry.create_model(name, **options)`
 
 
 def add_source_flags(parser) -> None:
@@ -59,7 +60,7 @@ def from_weights(path: str) -> Source:
         w = load_weights_file(path)
     except (ValueError, OSError) as e:  # not a variables file, or one for a model we do not have
         raise InputError(" ".join(str(e).split())) from None
-    return Source(w.name, w.model, dict(w.variables), w.preprocessing, w.class_names, path)
+    return Source(w.name, w.model, dict(w.variables), w.preprocessing, w.class_names, path, dict(w.options))
 
 
 def from_workdir(workdir: str) -> Source:
@@ -96,7 +97,8 @@ def from_workdir(workdir: str) -> Source:
     names = config.dataset.get("label_names") or checkpoint.read_label_names(workdir)
     described = f"{workdir} at step {step}" + (" (EMA weights)" if ema else "")
     model = train.build_model(config, num_classes)
-    return Source(config.model.name, model, variables, transform, tuple(names) if names else None, described)
+    options = rundir.jsonable({k: v for k, v in config.model.items() if k != "name"} | {"num_classes": num_classes})
+    return Source(config.model.name, model, variables, transform, tuple(names) if names else None, described, options)
 
 
 def resolve_transform(recorded: EvalTransform | None, args, described: str) -> EvalTransform:
