@@ -22,6 +22,8 @@ root = manifest["root"].rstrip("/")
 
 
 def relative(value):
+    if root in ("", "."):  # already kept: relative
+        return value
     if isinstance(value, str):
         return value.replace(root + "/", "").replace(root, ".")
     if isinstance(value, list):
