@@ -22,8 +22,6 @@ root = manifest["root"].rstrip("/")
 
 
 def relative(value):
-    if root in ("", "."):  # already kept: relative
-        return value
     if isinstance(value, str):
         return value.replace(root + "/", "").replace(root, ".")
     if isinstance(value, list):
@@ -33,7 +31,7 @@ def relative(value):
     return value
 
 
-kept = relative(manifest)
+kept = relative(manifest) if root not in ("", ".") else manifest  # a kept copy is already relative
 python = kept["python"]  # a venv outside the checkout (a worktree run with the main checkout's .venv)
 if python.startswith("/"):
     kept["python"] = python[python.rindex("/.venv/") + 1 :] if "/.venv/" in python else python.rsplit("/", 1)[-1]

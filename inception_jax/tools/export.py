@@ -254,7 +254,7 @@ def write_weights_file(source: model_source.Source, args) -> None:
     from inception_jax.weights import save_variables
 
     out = os.path.normpath(args.output)
-    size, transform = input_plan(source, args)
+    _, transform = input_plan(source, args)  # also checks the size against the model's minimum
     check_output(out, "msgpack", args.overwrite)
     save_variables(
         out,

@@ -97,7 +97,7 @@ def from_workdir(workdir: str) -> Source:
     names = config.dataset.get("label_names") or checkpoint.read_label_names(workdir)
     described = f"{workdir} at step {step}" + (" (EMA weights)" if ema else "")
     model = train.build_model(config, num_classes)
-    options = rundir.jsonable({k: v for k, v in config.model.items() if k != "name"} | {"num_classes": num_classes})
+    options = rundir.jsonable(train.model_options(config, num_classes))
     return Source(config.model.name, model, variables, transform, tuple(names) if names else None, described, options)
 
 

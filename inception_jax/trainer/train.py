@@ -57,10 +57,15 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------------------------
 
 
-def build_model(config, num_classes: int):
+def model_options(config, num_classes: int) -> dict:
+    """`config.model` as `registry.create_model` options; `num_classes` unless the config sets it."""
     options = {k: v for k, v in config.model.items() if k != "name"}
     options.setdefault("num_classes", num_classes)
-    return registry.create_model(config.model.name, **options)
+    return options
+
+
+def build_model(config, num_classes: int):
+    return registry.create_model(config.model.name, **model_options(config, num_classes))
 
 
 def init_state(model, tx, config, image_size: int, rng) -> TrainState:
