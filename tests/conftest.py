@@ -75,12 +75,32 @@ HEAVY = (
 )
 
 
+# The longest tests in the suite's timings (2026-12-06, 20 min run), longest first: they start first, so
+# the finish is evened out by short tests instead of waiting on one of these. Node-id prefixes.
+LONGEST = (
+    "tests/test_multihost.py::test_a_pair_survives_sigterm",
+    "tests/test_notebook.py::test_quickstart_notebook_runs",
+    "tests/test_sweep.py::test_a_real_sweep_end_to_end",
+    "tests/test_train.py::test_a_straight_run_resumes_bitwise",
+    "tests/test_reliability.py::test_killed_and_resumed_runs",
+    "tests/test_train.py::test_configs_train_two_steps_and_evaluate[inception_v3]",
+    "tests/test_convert_keras.py::test_inception_v3_keras_archive_299",
+    "tests/test_train.py::test_nonfinite_loss_stops",
+)
+
+
+def _rank(item) -> tuple[int, bool]:
+    longest = next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)), len(LONGEST))
+    return longest, item.get_closest_marker("slow") is None
+
+
 def pytest_collection_modifyitems(config, items):
-    """Marks the HEAVY tests slow, then puts the slow tests first. xdist's `worksteal` mode
-    (scripts/test.sh) hands each worker a contiguous half of this order and lets an idle worker take over
-    part of the other's queue, so the short tests at the end even out the finish. (`load` mode sent every
-    slow test to one worker, which ran 200 s after the other went idle.)"""
+    """Marks the HEAVY tests slow, then orders the suite: the LONGEST tests, the other slow ones, the rest.
+    xdist's `worksteal` mode (scripts/test.sh) hands each worker a contiguous half of this order and lets
+    an idle worker take over part of the other's queue, so the short tests at the end even out the finish.
+    (`load` mode sent every slow test to one worker, which ran 200 s after the other went idle; with slow
+    tests in file order the longest started last and the other worker idled 1-3 min.)"""
     for item in items:
         if item.nodeid.startswith(HEAVY):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    items.sort(key=_rank)

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DIGITS_CONFIG = os.path.join(REPO, "configs", "digits.py")
-TOTAL_STEPS = 12  # each step also writes a checkpoint, so Ctrl-C lands mid-run
+TOTAL_STEPS = 12  # Ctrl-C after step 3 lands mid-run: 9 steps and two saves are left
 # The runs of tests/test_reliability.py's interruption test (same program: the compile cache is shared).
 SMALL_RUN = {
     "num_epochs": 0.0,
@@ -41,7 +41,7 @@ SMALL_RUN = {
     "model.width_multiplier": 0.0625,
     "schedule.warmup_epochs": 0.0,
     "log_every_steps": 1,
-    "checkpoint_every_steps": 1,
+    "checkpoint_every_steps": 4,  # a save costs ~0.6 s here, more than a step
     "eval_every_steps": 1000,
     "progress_bar": False,
 }
@@ -394,7 +394,7 @@ def _check_a_failed_run_is_recorded_while_the_others_complete(real_sweep):
     assert [runs[n]["status"] for n in names] == ["done", "done", "done", "failed"]
     failed = runs[names[3]]
     assert failed["exit_code"] == 1
-    assert failed["error"].startswith("error: writing a checkpoint at step 1 to ") and "failed" in failed["error"]
+    assert failed["error"].startswith("error: writing a checkpoint at step 4 to ") and "failed" in failed["error"]
     assert "3 of 4 runs done, 1 failed" in real_sweep["rerun_out"]
     # --retry-failed runs it again once the cause is fixed.
     assert real_sweep["retry_code"] == 0, real_sweep["retry_out"]

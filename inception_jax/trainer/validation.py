@@ -181,12 +181,13 @@ def image_size(config) -> int:
 
 
 def check_model_against_config(config, model, size: int) -> None:
-    """The model's options must build a network (checked by tracing it, which costs no compile), and
-    aux loss weights must match its aux heads one for one."""
+    """The model's options must build a network (checked by tracing its init, which builds the aux heads
+    too and costs no compile), and aux loss weights must match its aux heads one for one."""
     try:
-        heads = profile.num_aux_heads(model, size)
+        profile.abstract_variables(model, size)
     except ValueError as e:  # an option value the model rejects, e.g. depths=(1, 0, 1)
         raise ConfigError(f"config.model: {e}") from None
+    heads = model.num_aux_heads
     weights = tuple(config.aux_loss_weights)
     if len(weights) != heads:
         fix = (
