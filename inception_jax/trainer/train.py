@@ -390,7 +390,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # 3. Model, durations, optimizer.
     image_size = validation.image_size(config)
     model = build_model(config, info.num_classes)
-    validation.check_model_against_config(config, model, image_size)
+    # Traced with the kernels of the devices' platform: "auto" outside would trace both forms.
+    in_scope = functools.partial(kernel_scope, config=config, mesh=mesh)
+    in_scope(validation.check_model_against_config)(config, model, image_size)
     steps_per_epoch = max(1, info.num_train_examples // config.batch_size)
     try:
         total_steps = optim.steps_from(config, steps_per_epoch)
@@ -406,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     replicated = parallel.replicated(mesh)
     rng = jax.random.key(config.seed)
     init_rng, dropout_rng = jax.random.split(rng)
-    init_fn = functools.partial(init_state, model, tx, config, image_size)
+    init_fn = in_scope(functools.partial(init_state, model, tx, config, image_size))
     abstract_state = jax.eval_shape(init_fn, init_rng)
     state_shardings = jax.tree.map(lambda _: replicated, abstract_state)
 
