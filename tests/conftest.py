@@ -72,6 +72,8 @@ HEAVY = (
     "tests/test_bn_inception.py::test_minimum_input_size",
     "tests/test_bn_inception.py::test_same_padding_everywhere",
     "tests/test_convert_keras.py::test_include_top_false_gives_the_pooled_features",
+    # The only Keras test left in the quick tier paid the whole Keras reference script (~30 s) alone.
+    "tests/test_convert_keras.py::test_rebuilt_layer_order_is_keras_model_layers_order",
 )
 
 
