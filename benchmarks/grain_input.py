@@ -63,13 +63,15 @@ class _Order:
     """Position -> (epoch, index) in the trainer's global order: the epochs' permutations end to end."""
 
     def __init__(self, n: int):
-        self.n, self.epoch, self.permutation = n, -1, None
+        self.n, self.current = n, (-1, None)  # (epoch, its permutation), swapped as one (Grain's threads)
 
     def __call__(self, position: int) -> tuple[int, int]:
         epoch = position // self.n
-        if epoch != self.epoch:
-            self.epoch, self.permutation = epoch, pipeline.epoch_permutation(self.n, SEED, epoch)
-        return epoch, int(self.permutation[position % self.n])
+        current_epoch, permutation = self.current
+        if epoch != current_epoch:
+            permutation = pipeline.epoch_permutation(self.n, SEED, epoch)
+            self.current = (epoch, permutation)
+        return epoch, int(permutation[position % self.n])
 
 
 def _ordered(n: int):
@@ -90,7 +92,8 @@ def grain_tf(config, threads: int):
     scalar = lambda dtype: tf.TensorSpec([], dtype)
     signature = {"image": scalar(tf.string), "label": scalar(tf.int64), "epoch": scalar(tf.int64)}
     signature["index"] = scalar(tf.int64)
-    augment = tf.function(pipeline._train_fn(config, 3), input_signature=[signature])  # the trainer's ops
+    # The trainer's per-example augmentation; private, as no public route hands it out alone.
+    augment = tf.function(pipeline._train_fn(config, 3), input_signature=[signature])
 
     def example(item):
         epoch, index = item
@@ -103,7 +106,7 @@ def grain_tf(config, threads: int):
 
 
 def _pil_example(item, source):
-    """The Inception crop (8%-100% of the area, aspect 3/4-4/3, 10 tries, else the centre), bicubic
+    """The Inception crop (8%-100% of the area, aspect 3/4-4/3, 10 tries, else the whole image), bicubic
     resize and flip in PIL and numpy, seeded by (seed, epoch, index)."""
     epoch, index = item
     record = source[index]
