@@ -4,6 +4,7 @@ stored without outputs."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -39,7 +40,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "inception_v3" in text and "23,834,568" in text  # the zoo table
     assert "Mixed_7c         (1, 8, 8, 2048)" in text  # an endpoint
-    assert "train split train[:25%]: test top-1" in text
+    top1 = [float(x) for x in re.findall(r"train split train\S*: test top-1 ([0-9.]+)", text)]
+    assert len(top1) == 2 and min(top1) > 0.3, top1  # the study learns: chance on digits is 0.1
     assert "dataset.train_split=train[:25%]" in text  # the study's rows name the setting
     assert "['flower', 'sky', 'temple']" in text  # the stand-in folder's classes
     assert "on folder:" in text and "class names: recorded with the weights" in text  # evaluate, predict
